@@ -1,0 +1,153 @@
+"""The gerne-ray command: validate, bounds, train, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+
+from gerne_ray import groups
+from gerne_ray.errors import GerneError
+from gerne_ray.spec import load_spec
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def bounds_report(spec_path: str, overrides: list[str]) -> dict:
+    """The training split's group table and beta's bounds for the spec's c."""
+    from gerne_ray.data import load_dataset
+    from gerne_ray.training import training_stats
+
+    spec = load_spec(spec_path, overrides)
+    stats = training_stats(load_dataset(spec.data))
+    c = spec.method.c
+    lo, hi = groups.simplified_bounds(stats, c)
+    ex_lo, ex_hi = groups.exact_bounds(stats, c)
+    return {
+        "name": spec.name,
+        "dataset": spec.data.dataset,
+        "K": stats.K,
+        "A": stats.A,
+        "c": c,
+        "groups": stats.to_rows(),
+        "empty_groups": [list(g) for g in stats.empty_groups()],
+        "beta_min": _finite(lo),
+        "beta_max": _finite(hi),
+        "exact_lower": _finite(ex_lo),
+        "exact_upper": _finite(ex_hi),
+        "lambda_max": _finite(groups.lambda_max(stats)),
+    }
+
+
+def print_bounds(report: dict) -> None:
+    """Human-readable form of bounds_report."""
+    show = lambda v: "inf" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"{report['name']}: dataset {report['dataset']}, training split, "
+          f"K = {report['K']} classes, A = {report['A']} attributes")
+    print(f"{'y':>4} {'a':>4} {'count':>8} {'alpha':>8}")
+    for g in report["groups"]:
+        print(f"{g['y']:>4} {g['a']:>4} {g['count']:>8} {g['alpha']:>8.4f}")
+    print(f"c = {report['c']}")
+    print(f"simplified bounds: beta in [{show(report['beta_min'])}, {show(report['beta_max'])}]"
+          f"  (lambda = c (beta + 1) in [0, {show(report['lambda_max'])}])")
+    print(f"exact bounds:      beta in [{show(report['exact_lower'])}, {show(report['exact_upper'])}]")
+    if report["empty_groups"]:
+        print(f"warning: {len(report['empty_groups'])} empty training groups (y, a): "
+              f"{[tuple(g) for g in report['empty_groups']]}; they are never sampled and the bounds "
+              "use each class's count of non-empty groups A_y in place of A", file=sys.stderr)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate each spec, including beta against its data's bounds."""
+    from gerne_ray.training import prepare
+
+    for path in args.specs:
+        spec = load_spec(path, args.set)
+        prepare(spec)
+        print(f"{path}: ok ({spec.name}: {spec.data.dataset}, {spec.model.arch}, {spec.method.name})")
+    return 0
+
+
+def cmd_bounds(args: argparse.Namespace) -> int:
+    """Print the group table and beta's bounds."""
+    report = bounds_report(args.spec, args.set)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_bounds(report)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one configuration and print its selected metrics."""
+    from gerne_ray.training import train
+
+    spec = load_spec(args.spec, args.set)
+    result = train(spec)
+    print(f"{spec.name}: {result['status']}{' (' + result['reason'] + ')' if result['reason'] else ''}; "
+          f"epoch {result['best_epoch']} selected by {result['selection_metric']}")
+    for key in ("val_gba", "val_wga", "test_gba", "test_wga", "test_avg"):
+        if result[key] is not None:
+            print(f"  {key:10s} {100 * result[key]:6.2f}")
+    print(f"results in {spec.run_dir}/ (result.json, history.parquet)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train ERM, resampling and GERNE on colored_digits and compare them."""
+    from gerne_ray.demo import run_demo
+
+    run_demo(storage=args.storage, seeds=args.seeds)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the gerne-ray command."""
+    parser = argparse.ArgumentParser(prog="gerne-ray", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+    set_help = "override a spec value, e.g. --set method.beta=1.0 (repeatable)"
+
+    p = sub.add_parser("validate", help="validate job specs (and beta against the data's bounds)")
+    p.add_argument("specs", nargs="+")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("bounds", help="group table of the training split and beta's bounds")
+    p.add_argument("spec")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.set_defaults(func=cmd_bounds)
+
+    p = sub.add_parser("train", help="train one configuration")
+    p.add_argument("spec")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="ERM vs resampling vs GERNE on colored_digits, offline")
+    p.add_argument("--storage", default="runs", help="folder for the runs (default: runs)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors print one line and exit 2, without a traceback."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except GerneError as err:
+        print(f"gerne-ray: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gerne-ray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

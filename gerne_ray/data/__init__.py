@@ -1,0 +1,23 @@
+"""Datasets: one module per family, a registry by name, and `load_dataset` for a spec."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING
+
+from gerne_ray.data.base import TEST, TRAIN, VAL, GroupedDataset
+
+if TYPE_CHECKING:
+    from gerne_ray.spec import DataSpec
+
+__all__ = ["GroupedDataset", "TRAIN", "VAL", "TEST", "load_dataset"]
+
+
+def load_dataset(data: DataSpec) -> GroupedDataset:
+    """The dataset a `data` spec names, built by its registered loader."""
+    from gerne_ray.data.registry import get_loader
+
+    loader = get_loader(data.dataset)
+    offered = {"root": data.root, "conflict_ratio": data.conflict_ratio, "seed": data.seed}
+    accepted = inspect.signature(loader).parameters
+    return loader(**{k: v for k, v in offered.items() if k in accepted})

@@ -1,0 +1,242 @@
+"""Job spec models (pydantic v2): the user's contract. Examples live in jobs/.
+
+Unknown keys are rejected everywhere. `load_spec` turns a path, dict or JobSpec (plus
+`key.path=value` overrides) into a validated JobSpec, and every problem into one GerneError line
+that names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gerne_ray.errors import GerneError
+
+MAX_SPEC_BYTES = 1_000_000
+VALIDATION_METRICS = (
+    "val_gba", "val_wga", "val_avg", "val_weighted_avg", "val_class_balanced", "val_worst_class",
+    "val_minority",
+)
+
+Unit = Annotated[float, Field(gt=0, le=1)]
+Positive = Annotated[float, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(_Strict):
+    """Which dataset, where it lives, and how generated datasets are made."""
+
+    dataset: str = "colored_digits"
+    root: str | None = None
+    conflict_ratio: float = Field(0.02, ge=0, lt=1)
+    attributes: Literal["known"] = "known"
+    seed: int = Field(0, description="seed of generated data; fixed across training seeds")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from gerne_ray.data.registry import DATASETS
+
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; use one of: {', '.join(sorted(DATASETS))}")
+        return name
+
+
+class ModelSpec(_Strict):
+    """The network: `mlp`, `cnn`, `resnet18` or `resnet50`."""
+
+    arch: Literal["mlp", "cnn", "resnet18", "resnet50"] = "mlp"
+    pretrained: bool = False
+    hidden: int = Field(100, gt=0, description="hidden width of the mlp")
+
+
+class MethodSpec(_Strict):
+    """The training method and its hyperparameters (c, beta; t for unknown attributes)."""
+
+    name: Literal["gerne", "erm", "resample", "reweight"] = "gerne"
+    c: Unit = 0.5
+    beta: float = 0.0
+    t: float = Field(0.01, gt=0, lt=0.5)
+    forward: Literal["auto", "two", "concat"] = "auto"
+
+
+class OptimSpec(_Strict):
+    """Optimiser and schedule; `batch_size_per_class` is B, per batch (GERNE draws two)."""
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: Positive = 0.1
+    weight_decay: float = Field(0.01, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    epochs: int = Field(20, gt=0)
+    batch_size_per_class: int = Field(32, gt=0)
+    steps_per_epoch: int | None = Field(
+        None, gt=0, description="default: ceil(training samples / (classes x batch_size_per_class))"
+    )
+    eval_batch_size: int = Field(1024, gt=0)
+
+
+class SearchSpaceSpec(_Strict):
+    """What a search varies besides beta (used by `gerne-ray tune`)."""
+
+    c: list[Unit] = Field(default_factory=lambda: [0.5])
+    lr: tuple[Positive, Positive] | None = None
+    weight_decay: tuple[Positive, Positive] | None = None
+
+
+class SearchSpec(_Strict):
+    """Model selection and hyperparameter search."""
+
+    metric: Literal[VALIDATION_METRICS] = "val_gba"  # type: ignore[valid-type]
+    num_samples: int = Field(16, gt=0)
+    bounds: Literal["simplified", "exact"] = "simplified"
+    margin: float = Field(0.05, ge=0, lt=1)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(2, gt=0)
+    max_concurrent: int = Field(2, gt=0)
+    final_seeds: int = Field(0, ge=0)
+    space: SearchSpaceSpec = Field(default_factory=SearchSpaceSpec)
+
+
+class ScalingSpec(_Strict):
+    """Ray Train workers: how many, and what each one gets."""
+
+    num_workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: Positive = 1.0
+    gpus_per_worker: float | None = Field(None, ge=0)
+    max_failures: int = Field(0, ge=0)
+
+
+class StorageSpec(_Strict):
+    """Where runs are written: `<path>/<name>/`."""
+
+    path: str = "runs"
+
+
+class JobSpec(_Strict):
+    """A whole job: data, model, method, optimiser, search, scaling and storage."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder this job's results go to."""
+        return Path(self.storage.path) / self.name
+
+
+SpecLike = JobSpec | dict | str | Path
+
+
+def read_spec_file(path: str | Path) -> dict:
+    """Read a YAML or JSON spec file into a dict, with one-line errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GerneError(f"spec {path}: no such file; pass the path of a YAML job spec (see jobs/)")
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise GerneError(f"spec {path}: {size} bytes is too large for a job spec (limit {MAX_SPEC_BYTES})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise GerneError(f"spec {path}: not UTF-8 text ({err.reason}); save it as UTF-8 YAML") from err
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise GerneError(f"spec {path}: not valid YAML/JSON{line}; fix the syntax") from err
+    if raw is None:
+        raise GerneError(f"spec {path}: the file is empty; write a job spec (see jobs/demo.yaml)")
+    if not isinstance(raw, dict):
+        raise GerneError(
+            f"spec {path}: the top level is a {type(raw).__name__}, not a mapping of keys "
+            "(name, data, model, method, optim, ...)"
+        )
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of raw with each `key.path=value` set (value parsed as YAML)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise GerneError(f"--set {item!r}: write it as key.path=value, e.g. method.beta=1.0")
+        node = raw
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise GerneError(f"--set {item!r}: {part} is a value, not a section")
+            node = child
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise GerneError(f"--set {item!r}: the value is not valid YAML") from err
+    return raw
+
+
+def load_spec(spec: SpecLike, overrides: list[str] | None = None) -> JobSpec:
+    """A validated JobSpec from a path, dict or JobSpec, with `key.path=value` overrides."""
+    source = "spec"
+    if isinstance(spec, JobSpec):
+        if not overrides:
+            return spec
+        raw = spec.model_dump(mode="json")
+    elif isinstance(spec, dict):
+        raw = spec
+    else:
+        source = f"spec {spec}"
+        raw = read_spec_file(spec)
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise GerneError(f"{source}: {describe_validation_error(err)}") from None
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: Any = JobSpec
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """One line per problem, joined: the field's dotted path, what is wrong, how to fix it."""
+    parts = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "see the spec reference"
+            parts.append(f"{field}: unknown key; remove it or use one of: {allowed}")
+        elif e["type"] == "missing":
+            parts.append(f"{field}: required; add it to the spec")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"{field}: {msg}{shown}")
+    return "; ".join(parts)

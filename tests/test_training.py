@@ -1,0 +1,125 @@
+"""The training loop: the contract's files, every method, divergence, seeds, and GERNE's gain."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from gerne_ray import groups
+from gerne_ray.demo import DEMO_SPEC
+from gerne_ray.errors import GerneError
+from gerne_ray.metrics import METRIC_NAMES
+from gerne_ray.spec import load_spec
+from gerne_ray.training import prepare, select_epoch, train, train_loop
+
+SYNTH = {
+    "name": "t",
+    "data": {"dataset": "synthetic", "conflict_ratio": 0.05},
+    "method": {"name": "gerne", "c": 1.0, "beta": 0.5},
+    "optim": {"lr": 0.05, "epochs": 3, "batch_size_per_class": 16},
+}
+
+
+def _spec(tmp_path, **sections):
+    raw = {**SYNTH, **sections, "storage": {"path": str(tmp_path)}}
+    return load_spec(raw)
+
+
+def test_train_writes_history_and_result(tmp_path):
+    result = train(_spec(tmp_path))
+    run = tmp_path / "t"
+    history = pq.read_table(run / "history.parquet").to_pylist()
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    for key in ("loss_b", "loss_lb", "loss_ext", "samples_per_s", "val_gba", "test_wga", "val_groups"):
+        assert key in history[0]
+    on_disk = json.loads((run / "result.json").read_text())
+    assert on_disk["config"]["name"] == "t"
+    assert on_disk["status"] == "completed"
+    best = max(history, key=lambda r: (r["val_gba"], -r["epoch"]))
+    assert on_disk["best_epoch"] == best["epoch"]
+    for split in ("val", "test"):
+        for name in METRIC_NAMES:
+            assert on_disk[f"{split}_{name}"] == pytest.approx(best[f"{split}_{name}"])
+    assert result["test_gba"] == on_disk["test_gba"]
+    assert not list(run.glob(".*")), "no temporary files are left behind"
+
+
+def test_selection_uses_the_spec_metric(tmp_path):
+    spec = _spec(tmp_path, search={"metric": "val_wga"})
+    result = train(spec)
+    history = pq.read_table(tmp_path / "t" / "history.parquet").to_pylist()
+    assert result["best_epoch"] == select_epoch(history, "val_wga")["epoch"]
+    assert result["selection_metric"] == "val_wga"
+
+
+@pytest.mark.parametrize("method", ["erm", "resample", "reweight", "gerne"])
+def test_every_method_trains_and_learns(tmp_path, method):
+    spec = _spec(tmp_path, method={"name": method, "c": 1.0, "beta": 0.5})
+    result = train(spec)
+    assert result["status"] == "completed"
+    assert result["test_avg"] > 0.6, "better than chance on a 2-class task"
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path):
+    spec = _spec(tmp_path)
+    prepared = prepare(spec)
+    h1 = train_loop(spec, prepared)
+    h2 = train_loop(spec, prepared)
+    h3 = train_loop(load_spec(spec, ["seed=1"]), prepared)
+    assert [r["loss"] for r in h1] == [r["loss"] for r in h2]
+    assert [r["loss"] for r in h1] != [r["loss"] for r in h3]
+
+
+def test_divergence_is_recorded_not_raised(tmp_path):
+    spec = _spec(tmp_path, optim={"lr": 1e6, "momentum": 0.0, "epochs": 5, "batch_size_per_class": 16})
+    result = train(spec)
+    assert result["status"] == "diverged"
+    assert "loss became" in result["reason"]
+    history = pq.read_table(tmp_path / "t" / "history.parquet").to_pylist()
+    assert history[-1]["status"] == "diverged"
+
+
+def test_beta_outside_the_data_bounds_is_refused_before_anything_is_written(tmp_path):
+    spec = _spec(tmp_path, method={"name": "gerne", "c": 1.0, "beta": 50.0})
+    with pytest.raises(GerneError, match="method.beta"):
+        train(spec)
+    assert not (tmp_path / "t").exists()
+
+
+def test_reweight_weights_follow_p_ext_over_alpha(tmp_path):
+    spec = _spec(tmp_path, method={"name": "reweight", "c": 0.5, "beta": 1.0})
+    stats = prepare(spec).stats
+    w = groups.reweight_weights(stats, 0.5, 1.0)
+    # the expected weighted share of each group equals p_ext: sum_a alpha * w = 1 per class
+    np.testing.assert_allclose((stats.alpha * w), groups.p_ext(stats, 0.5, 1.0), rtol=1e-12)
+
+
+def test_cnn_with_batchnorm_trains_on_images(tmp_path):
+    spec = load_spec(DEMO_SPEC, [f"storage.path={tmp_path}", "model.arch=cnn", "optim.epochs=1",
+                                 "optim.steps_per_epoch=2", "optim.lr=0.01"])
+    result = train(spec)
+    assert result["status"] == "completed" and result["test_gba"] is not None
+
+
+def _test_gba(method: str, seed: int, tmp_path) -> float:
+    spec = load_spec(DEMO_SPEC, [f"name={method}-{seed}", f"seed={seed}", f"method.name={method}",
+                                 f"storage.path={tmp_path}"])
+    return train(spec)["test_gba"]
+
+
+# Measured with benchmarks/quality_colored_digits.py (benchmarks/results/quality_colored_digits.md):
+# over seeds 0-4 test GBA was ERM 36.4 +- 1.9, resampling 57.0 +- 4.2, GERNE 58.6 +- 3.1, and the
+# smallest per-seed gain over ERM 15.8 points (resampling) and 19.1 (GERNE). The test averages two
+# seeds and asks for 10 points: stable, yet far above what a broken sampler or step gives (a GERNE
+# that ignored the less-biased batch would equal ERM).
+MARGIN = 0.10
+
+
+def test_gerne_and_resampling_beat_erm(tmp_path):
+    seeds = (0, 1)
+    erm = np.mean([_test_gba("erm", s, tmp_path) for s in seeds])
+    resample = np.mean([_test_gba("resample", s, tmp_path) for s in seeds])
+    gerne = np.mean([_test_gba("gerne", s, tmp_path) for s in seeds])
+    assert resample > erm + MARGIN, (erm, resample)
+    assert gerne > erm + MARGIN, (erm, gerne)
