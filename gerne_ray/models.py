@@ -41,10 +41,9 @@ def resnet(depth: int, in_channels: int, num_classes: int, pretrained: bool) -> 
     """torchvision's ResNet-18/50 with a new head; ImageNet weights when pretrained."""
     import torchvision
 
-    builder = getattr(torchvision.models, f"resnet{depth}")
-    weights = None
-    if pretrained:
-        weights = torchvision.models.get_model_weights(builder).IMAGENET1K_V1
+    name = f"resnet{depth}"
+    builder = getattr(torchvision.models, name)
+    weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1 if pretrained else None
     try:
         model = builder(weights=weights)
     except (OSError, RuntimeError) as err:  # urllib errors are OSErrors

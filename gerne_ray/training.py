@@ -176,7 +176,7 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
         for split_name, split in EVAL_SPLITS.items():
             values, table = evaluate(model, dataset, split, stats, ctx.device, spec.optim.eval_batch_size)
             if epoch == 1 and table.missing:
-                log.info("%s split: %d groups absent, skipped in its metrics: %s",
+                log.warning("%s split: %d groups absent, skipped in its metrics: %s",
                          split_name, len(table.missing), table.missing)
             row.update({f"{split_name}_{k}": v for k, v in values.items()})
             row[f"{split_name}_groups"] = table.rows()
@@ -190,6 +190,14 @@ def select_epoch(history: list[dict], metric: str) -> dict | None:
     """The completed epoch with the highest validation metric (earliest on ties), or None."""
     done = [r for r in history if r["status"] == "ok" and math.isfinite(r[metric])]
     return max(done, key=lambda r: (r[metric], -r["epoch"])) if done else None
+
+
+def absent_groups(dataset: GroupedDataset, split: int) -> list[list[int]]:
+    """The (y, a) groups with no samples in a split: left out of that split's metrics."""
+    idx = dataset.indices(split)
+    y, a = dataset.y[idx], dataset.a[idx]
+    table = metrics.group_table(y, a, y, dataset.num_classes, dataset.num_attributes)
+    return [list(g) for g in table.missing]
 
 
 def summarize(spec: JobSpec, prepared: Prepared, history: list[dict]) -> dict:
@@ -216,6 +224,7 @@ def summarize(spec: JobSpec, prepared: Prepared, history: list[dict]) -> dict:
         for name in metrics.METRIC_NAMES:
             result[f"{split}_{name}"] = best[f"{split}_{name}"] if best else None
         result[f"{split}_groups"] = best[f"{split}_groups"] if best else []
+        result[f"{split}_missing_groups"] = absent_groups(prepared.dataset, EVAL_SPLITS[split])
     result["train_groups"] = prepared.stats.to_rows()
     result["config"] = spec.model_dump(mode="json")
     return result

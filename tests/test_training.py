@@ -123,3 +123,15 @@ def test_gerne_and_resampling_beat_erm(tmp_path):
     gerne = np.mean([_test_gba("gerne", s, tmp_path) for s in seeds])
     assert resample > erm + MARGIN, (erm, resample)
     assert gerne > erm + MARGIN, (erm, gerne)
+
+
+def test_groups_absent_from_an_evaluation_split_are_listed(tmp_path):
+    spec = _spec(tmp_path)
+    prepared = prepare(spec)
+    ds = prepared.dataset
+    drop = (ds.split == 2) & (ds.y == 1) & (ds.a == 0)  # remove group (1, 0) from test
+    assert drop.sum() > 0
+    ds.split = np.where(drop, 1, ds.split).astype(np.int8)
+    result = train(spec, dataset=ds)
+    assert result["test_missing_groups"] == [[1, 0]] and result["val_missing_groups"] == []
+    assert {(g["y"], g["a"]) for g in result["test_groups"]} == {(0, 0), (0, 1), (1, 1)}
