@@ -46,19 +46,32 @@ class GroupTable:
         ]
 
 
-def group_table(
+def group_counts(
     y: np.ndarray, a: np.ndarray, pred: np.ndarray, num_classes: int, num_attributes: int
-) -> GroupTable:
-    """Count samples and correct predictions per (y, a); groups with no samples go to `missing`."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples and correct predictions per group, flat (K * A,) int64 arrays indexed y * A + a."""
     y, a, pred = (np.asarray(v, dtype=np.int64) for v in (y, a, pred))
     flat = y * num_attributes + a
     size = num_classes * num_attributes
     n = np.bincount(flat, minlength=size)
     correct = np.bincount(flat, weights=(pred == y), minlength=size).astype(np.int64)
+    return n, correct
+
+
+def table_from_counts(n: np.ndarray, correct: np.ndarray, num_attributes: int) -> GroupTable:
+    """A GroupTable from flat per-group counts (as group_counts returns, or their sum over workers)."""
+    n, correct = np.asarray(n, dtype=np.int64), np.asarray(correct, dtype=np.int64)
     present = n > 0
-    gy, ga = np.divmod(np.arange(size), num_attributes)
+    gy, ga = np.divmod(np.arange(len(n)), num_attributes)
     missing = [(int(i), int(j)) for i, j in zip(gy[~present], ga[~present], strict=True)]
     return GroupTable(gy[present], ga[present], n[present], correct[present], missing)
+
+
+def group_table(
+    y: np.ndarray, a: np.ndarray, pred: np.ndarray, num_classes: int, num_attributes: int
+) -> GroupTable:
+    """Count samples and correct predictions per (y, a); groups with no samples go to `missing`."""
+    return table_from_counts(*group_counts(y, a, pred, num_classes, num_attributes), num_attributes)
 
 
 def _class_accuracies(table: GroupTable) -> np.ndarray:

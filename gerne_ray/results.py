@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write path via write(tmp) on a temporary file beside it, then an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -37,13 +38,13 @@ def _finite_or_none(value):
 def write_json(path: str | Path, obj: dict) -> None:
     """Write obj as indented JSON (NaN and inf become null), atomically."""
     text = json.dumps(_finite_or_none(obj), indent=2, sort_keys=False) + "\n"
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_rows_parquet(path: str | Path, rows: list[dict]) -> None:
     """Write a list of flat dicts as one Parquet table, atomically."""
     table = pa.Table.from_pylist(rows)
-    _atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
 def read_json(path: str | Path) -> dict:

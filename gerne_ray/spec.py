@@ -65,7 +65,10 @@ class MethodSpec(_Strict):
     c: Unit = 0.5
     beta: float = 0.0
     t: float = Field(0.01, gt=0, lt=0.5)
-    forward: Literal["auto", "two", "concat"] = "auto"
+    forward: Literal["auto", "two", "concat", "split_bn"] = "auto"
+    paired_diagnostics: bool = Field(
+        False, description="also all-reduce grad L_b and grad L_lb and report their norms and cosine"
+    )
 
 
 class OptimSpec(_Strict):
@@ -81,6 +84,7 @@ class OptimSpec(_Strict):
         None, gt=0, description="default: ceil(training samples / (classes x batch_size_per_class))"
     )
     eval_batch_size: int = Field(1024, gt=0)
+    amp: Literal["off", "bf16"] = Field("off", description="bf16 autocast (mixed precision), for GPUs")
 
 
 class SearchSpaceSpec(_Strict):
@@ -112,7 +116,12 @@ class ScalingSpec(_Strict):
     use_gpu: bool = False
     cpus_per_worker: Positive = 1.0
     gpus_per_worker: float | None = Field(None, ge=0)
-    max_failures: int = Field(0, ge=0)
+    max_failures: int = Field(0, ge=0, description="worker-group restarts from the last checkpoint")
+
+    @property
+    def distributed(self) -> bool:
+        """Whether a run needs Ray Train (more than one worker, or a GPU) rather than in-process."""
+        return self.num_workers > 1 or self.use_gpu
 
 
 class StorageSpec(_Strict):

@@ -1,17 +1,28 @@
 """The one training loop: erm, resample, reweight or gerne, from a spec.
 
-`train_loop` is the same code in-process and (later) on Ray Train workers: it takes a
-WorkerContext (rank, world size, device, a per-epoch report callback) and knows nothing of Ray.
-`train` runs it in-process and writes `history.parquet` and `result.json` under the run folder.
+`train_loop` is the same code in-process and on Ray Train workers. What differs between the two
+lives in a WorkerContext: rank and world size, the device, how a model is wrapped for data
+parallelism, how tensors are all-reduced, and where checkpoints go. The base class is one
+in-process worker with its checkpoint in the run folder; `gerne_ray.distributed` has Ray Train's.
+`train` runs a spec (in-process, or on Ray Train when `scaling` asks for it) and writes
+`history.parquet` and `result.json` under the run folder.
+
+Data parallelism: with W workers and B samples per class, rank r draws B // W + (1 if r < B % W)
+samples per class of each batch from its own random stream. Each rank's mean loss is scaled by
+(its samples x W / all samples), so that DDP's average over ranks is the mean over the union of
+the ranks' batches even when W does not divide B. Evaluation is sharded: each rank predicts every
+W-th sample and the per-group counts are all-reduced, so every rank holds the same metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +31,7 @@ from torch import nn
 from gerne_ray import groups, metrics, results
 from gerne_ray.data import load_dataset
 from gerne_ray.data.base import TEST, TRAIN, VAL, GroupedDataset
+from gerne_ray.diagnostics import paired_gradients
 from gerne_ray.errors import GerneError
 from gerne_ray.models import build_model
 from gerne_ray.sampling import PairedSampler
@@ -28,16 +40,55 @@ from gerne_ray.step import StepLosses, gerne_losses, weighted_loss
 
 log = logging.getLogger(__name__)
 EVAL_SPLITS = {"val": VAL, "test": TEST}
+CHECKPOINT_FILE = "checkpoint.pt"
+LOSS_KEYS = ("loss", "loss_b", "loss_lb")
+DIAGNOSTIC_KEYS = ("grad_norm_b", "grad_norm_lb", "grad_cosine")
 
 
-@dataclass
 class WorkerContext:
-    """Where the loop runs: rank and world size, the device, and a per-epoch report callback."""
+    """One in-process worker: no collectives; checkpoints go to `checkpoint_dir` when given."""
 
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    report: Callable[[dict], None] | None = None
+    def __init__(self, device: torch.device | None = None, checkpoint_dir: Path | None = None) -> None:
+        self.rank, self.world_size = 0, 1
+        self.device = device or torch.device("cpu")
+        self.checkpoint_dir = checkpoint_dir
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Move the model to this worker's device (Ray Train also wraps it in DDP)."""
+        return model.to(self.device)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over all workers."""
+        return tensor
+
+    def all_gather(self, obj: object) -> list:
+        """Every worker's obj, in rank order."""
+        return [obj]
+
+    def load_checkpoint(self) -> dict | None:
+        """The latest checkpoint's state, or None for a fresh run."""
+        path = self.checkpoint_dir / CHECKPOINT_FILE if self.checkpoint_dir else None
+        return load_state(path) if path is not None and path.is_file() else None
+
+    def save(self, row: dict, state: dict) -> None:
+        """Record one finished epoch: its history row and the state to resume from."""
+        if self.checkpoint_dir is not None:
+            save_state(self.checkpoint_dir / CHECKPOINT_FILE, state)
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Write a checkpoint state atomically."""
+    results.atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: Path) -> dict:
+    """Read a checkpoint state (tensors and plain Python values only: weights_only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 @dataclass
@@ -91,9 +142,10 @@ def method_losses(
     """Draw this step's batches for the spec's method and compute its losses."""
     name = spec.method.name
     if name == "gerne":
-        x_b, y_b, _ = batch(sampler.biased())
-        x_lb, y_lb, _ = batch(sampler.less_biased())
-        return gerne_losses(model, x_b, y_b, x_lb, y_lb, spec.method.beta, spec.method.forward)
+        biased = sampler.biased()  # one gather of both batches: step.concat_batches then needs no copy
+        x, y, _ = batch(np.concatenate([biased, sampler.less_biased()]))
+        n = len(biased)
+        return gerne_losses(model, x[:n], y[:n], x[n:], y[n:], spec.method.beta, spec.method.forward)
     if name == "resample":
         x, y, _ = batch(sampler.less_biased())
         return weighted_loss(model, x, y)
@@ -104,22 +156,37 @@ def method_losses(
 @torch.no_grad()
 def evaluate(
     model: nn.Module, dataset: GroupedDataset, split: int, stats: groups.GroupStats,
-    device: torch.device, batch_size: int,
+    ctx: WorkerContext, batch_size: int,
 ) -> tuple[dict[str, float], metrics.GroupTable]:
-    """Metrics and per-group table of the model on one split."""
-    idx = dataset.indices(split)
+    """Metrics and per-group table of the model on one split (sharded over the workers)."""
+    idx = dataset.indices(split)[ctx.rank :: ctx.world_size]
     was_training = model.training
     model.eval()
     preds = [
-        model(dataset.inputs[idx[i : i + batch_size]].to(device)).argmax(1).cpu()
+        model(dataset.inputs[idx[i : i + batch_size]].to(ctx.device)).argmax(1).cpu()
         for i in range(0, len(idx), batch_size)
     ]
     model.train(was_training)
     pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
-    table = metrics.group_table(
-        dataset.y[idx], dataset.a[idx], pred, dataset.num_classes, dataset.num_attributes
-    )
+    counts = metrics.group_counts(dataset.y[idx], dataset.a[idx], pred, dataset.num_classes,
+                                  dataset.num_attributes)
+    n, correct = ctx.all_reduce_sum(torch.as_tensor(np.stack(counts))).numpy()
+    table = metrics.table_from_counts(n, correct, dataset.num_attributes)
     return metrics.metrics_from_table(table, stats.counts, stats.aligned), table
+
+
+def loss_scale(sampler: PairedSampler, ctx: WorkerContext) -> float:
+    """Factor on this rank's mean loss so that DDP's average over ranks is the union's mean."""
+    return sampler.share * ctx.world_size / sampler.batch_size_per_class
+
+
+def _check_resumable(state: dict, spec: JobSpec, ctx: WorkerContext) -> None:
+    saved = len(state["samplers"])
+    if saved != ctx.world_size:
+        raise GerneError(
+            f"scaling.num_workers: the checkpoint of run {spec.name} was written by {saved} workers, "
+            f"this run has {ctx.world_size}; resume with num_workers: {saved} or use a new name"
+        )
 
 
 def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = None) -> list[dict]:
@@ -127,19 +194,29 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
     ctx = ctx or WorkerContext()
     dataset, stats = prepared.dataset, prepared.stats
     train_idx = dataset.indices(TRAIN)
-    y_tr, a_tr = dataset.y[train_idx], dataset.a[train_idx]
     c, beta = effective_c_beta(spec)
     torch.manual_seed(spec.seed)
-    model = build_model(
+    model = ctx.prepare_model(build_model(
         spec.model.arch, dataset.input_shape, dataset.num_classes, spec.model.pretrained, spec.model.hidden
-    ).to(ctx.device)
+    ))
     optimizer = make_optimizer(spec, model)
     sampler = PairedSampler(
-        y_tr, a_tr, dataset.num_classes, dataset.num_attributes, spec.optim.batch_size_per_class,
-        c, seed=spec.seed, rank=ctx.rank, world_size=ctx.world_size,
+        dataset.y[train_idx], dataset.a[train_idx], dataset.num_classes, dataset.num_attributes,
+        spec.optim.batch_size_per_class, c, seed=spec.seed, rank=ctx.rank, world_size=ctx.world_size,
     )
+    history: list[dict] = []
+    state = ctx.load_checkpoint()
+    if state is not None:
+        _check_resumable(state, spec, ctx)
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["samplers"][ctx.rank])
+        history = list(state["history"])
+    if history and history[-1]["status"] == "diverged":
+        return history
+
     weights = torch.as_tensor(groups.reweight_weights(stats, c, beta), dtype=torch.float32, device=ctx.device)
-    y_t, a_t = torch.as_tensor(dataset.y), torch.as_tensor(dataset.a)
+    y_t, a_t = torch.tensor(dataset.y), torch.tensor(dataset.a)
 
     def batch(local: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = torch.as_tensor(train_idx[local])
@@ -148,41 +225,65 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
     steps = spec.optim.steps_per_epoch or math.ceil(
         len(train_idx) / (dataset.num_classes * spec.optim.batch_size_per_class)
     )
-    samples_per_step = sampler.share * dataset.num_classes * (2 if spec.method.name == "gerne" else 1)
-    history: list[dict] = []
-    for epoch in range(1, spec.optim.epochs + 1):
+    scale = loss_scale(sampler, ctx)
+    samples_per_step = spec.optim.batch_size_per_class * dataset.num_classes
+    samples_per_step *= 2 if spec.method.name == "gerne" else 1
+    diagnose = spec.method.paired_diagnostics and spec.method.name == "gerne"
+    no_sync = getattr(model, "no_sync", contextlib.nullcontext)
+    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=spec.optim.amp == "bf16")
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+        return ctx.all_reduce_sum(t) / ctx.world_size
+
+    for epoch in range(len(history) + 1, spec.optim.epochs + 1):
         model.train()
         start = time.perf_counter()
-        sums = {"loss": 0.0, "loss_b": 0.0, "loss_lb": 0.0}
-        for step in range(steps):
-            losses = method_losses(spec, model, sampler, batch, weights)
-            if not torch.isfinite(losses.loss):
-                reason = f"loss became {losses.loss.item()} at epoch {epoch}, step {step + 1}"
-                log.warning("run %s diverged: %s", spec.name, reason)
-                history.append({"epoch": epoch, "status": "diverged", "reason": reason})
-                return history
+        sums = torch.zeros(len(LOSS_KEYS) + len(DIAGNOSTIC_KEYS), dtype=torch.float64)
+        for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            losses.loss.backward()
+            with no_sync() if diagnose else contextlib.nullcontext(), autocast:
+                losses = method_losses(spec, model, sampler, batch, weights)
+            if diagnose:
+                diag = paired_gradients(params, scale * losses.loss_b, scale * losses.loss_lb,
+                                        spec.method.beta, all_reduce_mean if ctx.world_size > 1 else None)
+            else:
+                (scale * losses.loss).backward()
+                diag = dict.fromkeys(DIAGNOSTIC_KEYS, math.nan)
             optimizer.step()
-            for key in sums:
-                part = getattr(losses, key)
-                sums[key] += part.item() if part is not None else math.nan
+            parts = [getattr(losses, k) for k in LOSS_KEYS]
+            sums += torch.tensor([p.item() * scale if p is not None else math.nan for p in parts]
+                                 + [diag[k] for k in DIAGNOSTIC_KEYS], dtype=torch.float64)
         elapsed = time.perf_counter() - start
-        row: dict = {"epoch": epoch, "status": "ok", "reason": ""}
-        row.update({k: v / steps for k, v in sums.items()})
+        sums[: len(LOSS_KEYS)] = ctx.all_reduce_sum(sums[: len(LOSS_KEYS)]) / ctx.world_size
+        means = dict(zip(LOSS_KEYS + DIAGNOSTIC_KEYS, (sums / steps).tolist(), strict=True))
+        row: dict = {"epoch": epoch, "status": "ok", "reason": "", **means}
         row["loss_ext"] = row["loss"] if spec.method.name == "gerne" else math.nan
         row["epoch_time_s"] = elapsed
-        row["samples_per_s"] = steps * samples_per_step * ctx.world_size / elapsed
-        for split_name, split in EVAL_SPLITS.items():
-            values, table = evaluate(model, dataset, split, stats, ctx.device, spec.optim.eval_batch_size)
-            if epoch == 1 and table.missing:
-                log.warning("%s split: %d groups absent, skipped in its metrics: %s",
-                         split_name, len(table.missing), table.missing)
-            row.update({f"{split_name}_{k}": v for k, v in values.items()})
-            row[f"{split_name}_groups"] = table.rows()
+        row["samples_per_s"] = steps * samples_per_step / elapsed
+        if not math.isfinite(row["loss"]):
+            row.update(status="diverged", reason=f"mean training loss became {row['loss']} in epoch {epoch}")
+            log.warning("run %s diverged: %s", spec.name, row["reason"])
+        else:
+            for split_name, split in EVAL_SPLITS.items():
+                values, table = evaluate(
+                    unwrap(model), dataset, split, stats, ctx, spec.optim.eval_batch_size
+                )
+                if epoch == 1 and table.missing and ctx.rank == 0:
+                    log.warning("%s split: %d groups absent, skipped in its metrics: %s",
+                                split_name, len(table.missing), table.missing)
+                row.update({f"{split_name}_{k}": v for k, v in values.items()})
+                row[f"{split_name}_groups"] = table.rows()
         history.append(row)
-        if ctx.report is not None:
-            ctx.report(row)
+        ctx.save(row, {
+            "epoch": epoch,
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "samplers": ctx.all_gather(sampler.state_dict()),
+            "history": history,
+        })
+        if row["status"] == "diverged":
+            break
     return history
 
 
@@ -236,13 +337,58 @@ def history_rows(history: list[dict]) -> list[dict]:
     return [{k: r.get(k) for k in keys} for r in history]
 
 
+def claim_run_dir(spec: JobSpec) -> None:
+    """Refuse to mix two configurations in one run folder; record this one's spec there.
+
+    A rerun of the same spec (optim.epochs may grow) resumes the run from its latest checkpoint.
+    """
+    path = spec.run_dir / "spec.json"
+    mine = spec.model_dump(mode="json")
+    if path.is_file():
+        theirs = results.read_json(path)
+        differ = [k for k in _flat_keys(mine) | _flat_keys(theirs)
+                  if k != "optim.epochs" and _get(mine, k) != _get(theirs, k)]
+        if differ:
+            raise GerneError(
+                f"storage.path: the run folder {spec.run_dir} holds a run of another configuration "
+                f"(it differs in {', '.join(sorted(differ))}); give this job another name, or move that "
+                "folder away to start over"
+            )
+    results.write_json(path, mine)
+
+
+def _flat_keys(d: dict, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for k, v in d.items():
+        keys |= _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return keys
+
+
+def _get(d: dict, dotted: str) -> object:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
 def train(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDataset | None = None) -> dict:
-    """Run one configuration in-process and write history.parquet and result.json; return the result."""
+    """Run one configuration, resuming its run folder's checkpoint if any; write and return the result.
+
+    One worker without a GPU trains in-process; `scaling.num_workers > 1` or `scaling.use_gpu` runs
+    Ray Train workers (gerne_ray.distributed).
+    """
     spec = load_spec(spec, overrides)
     prepared = prepare(spec, dataset)
-    history = train_loop(spec, prepared)
-    result = summarize(spec, prepared, history)
     run_dir = spec.run_dir
+    claim_run_dir(spec)
+    if spec.scaling.distributed:
+        from gerne_ray.distributed import fit_distributed
+
+        history = fit_distributed(spec, prepared)
+    else:
+        history = train_loop(spec, prepared, WorkerContext(checkpoint_dir=run_dir))
+    result = summarize(spec, prepared, history)
     results.write_rows_parquet(run_dir / "history.parquet", history_rows(history))
     results.write_json(run_dir / "result.json", result)
     return result

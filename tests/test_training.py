@@ -5,13 +5,14 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from gerne_ray import groups
 from gerne_ray.demo import DEMO_SPEC
 from gerne_ray.errors import GerneError
 from gerne_ray.metrics import METRIC_NAMES
 from gerne_ray.spec import load_spec
-from gerne_ray.training import prepare, select_epoch, train, train_loop
+from gerne_ray.training import load_state, prepare, select_epoch, train, train_loop
 
 SYNTH = {
     "name": "t",
@@ -135,3 +136,47 @@ def test_groups_absent_from_an_evaluation_split_are_listed(tmp_path):
     result = train(spec, dataset=ds)
     assert result["test_missing_groups"] == [[1, 0]] and result["val_missing_groups"] == []
     assert {(g["y"], g["a"]) for g in result["test_groups"]} == {(0, 0), (0, 1), (1, 1)}
+
+
+def test_resume_in_process_continues_exactly(tmp_path):
+    straight = _spec(tmp_path, optim={"lr": 0.05, "epochs": 4, "batch_size_per_class": 16})
+    train(load_spec(straight, ["name=straight"]))
+    two = load_spec(straight, ["name=resumed", "optim.epochs=2"])
+    train(two)
+    result = train(load_spec(two, ["optim.epochs=4"]))
+    a = load_state(tmp_path / "straight" / "checkpoint.pt")
+    b = load_state(tmp_path / "resumed" / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["samplers"] == b["samplers"]
+    assert [r["epoch"] for r in b["history"]] == [1, 2, 3, 4] and result["epochs_run"] == 4
+
+
+def test_another_configuration_in_the_same_run_folder_is_refused_untouched(tmp_path):
+    spec = _spec(tmp_path)
+    train(spec)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "t").iterdir()}
+    with pytest.raises(GerneError, match="method.beta"):
+        train(load_spec(spec, ["method.beta=0.2"]))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "t").iterdir()} == before
+
+
+def test_paired_diagnostics_change_nothing_but_the_report(tmp_path):
+    spec = _spec(tmp_path, method={"name": "gerne", "c": 0.5, "beta": 1.5},
+                 optim={"lr": 0.05, "epochs": 3, "batch_size_per_class": 16, "steps_per_epoch": 5})
+    prepared = prepare(spec)
+    plain = train_loop(spec, prepared)
+    diag = train_loop(load_spec(spec, ["method.paired_diagnostics=true"]), prepared)
+    # Exact in float64 (tests/test_diagnostics.py); in float32 the two ways of summing the same
+    # gradient round differently (about 1e-7 relative per step), which SGD amplifies over hundreds
+    # of steps, so this compares 15 steps.
+    for p, d in zip(plain, diag, strict=True):
+        assert d["loss"] == pytest.approx(p["loss"], rel=1e-5)
+        assert d["val_gba"] == pytest.approx(p["val_gba"], abs=0.01)
+        assert -1 <= d["grad_cosine"] <= 1 and d["grad_norm_b"] > 0 and d["grad_norm_lb"] > 0
+        assert np.isnan(p["grad_cosine"])
+
+
+def test_bf16_autocast_runs(tmp_path):
+    result = train(_spec(tmp_path, optim={"lr": 0.05, "epochs": 1, "batch_size_per_class": 16,
+                                          "amp": "bf16"}))
+    assert result["status"] == "completed"
