@@ -94,6 +94,13 @@ class SearchSpaceSpec(_Strict):
     lr: tuple[Positive, Positive] | None = None
     weight_decay: tuple[Positive, Positive] | None = None
 
+    @field_validator("lr", "weight_decay")
+    @classmethod
+    def _ordered(cls, pair: tuple[float, float] | None) -> tuple[float, float] | None:
+        if pair is not None and pair[0] > pair[1]:
+            raise ValueError(f"write the range as [low, high]; got [{pair[0]}, {pair[1]}]")
+        return pair
+
 
 class SearchSpec(_Strict):
     """Model selection and hyperparameter search."""
