@@ -34,7 +34,7 @@ from gerne_ray.data.base import TEST, TRAIN, VAL, GroupedDataset
 from gerne_ray.diagnostics import paired_gradients
 from gerne_ray.errors import GerneError
 from gerne_ray.models import build_model
-from gerne_ray.sampling import PairedSampler
+from gerne_ray.sampling import PairedSampler, rank_share
 from gerne_ray.spec import JobSpec, SpecLike, load_spec
 from gerne_ray.step import StepLosses, gerne_losses, weighted_loss
 
@@ -111,6 +111,7 @@ def training_stats(dataset: GroupedDataset) -> groups.GroupStats:
 
 def prepare(spec: JobSpec, dataset: GroupedDataset | None = None) -> Prepared:
     """Load the dataset, compute the training split's group statistics and check beta against them."""
+    rank_share(spec.optim.batch_size_per_class, 0, spec.scaling.num_workers)  # B >= W, before any worker
     dataset = dataset if dataset is not None else load_dataset(spec.data)
     stats = training_stats(dataset)
     if spec.method.name in ("gerne", "reweight"):
