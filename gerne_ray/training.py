@@ -234,13 +234,16 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=spec.optim.amp == "bf16")
     params = [p for p in model.parameters() if p.requires_grad]
 
+    nan = torch.tensor(math.nan, device=ctx.device)
+
     def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
         return ctx.all_reduce_sum(t) / ctx.world_size
 
     for epoch in range(len(history) + 1, spec.optim.epochs + 1):
         model.train()
         start = time.perf_counter()
-        sums = torch.zeros(len(LOSS_KEYS) + len(DIAGNOSTIC_KEYS), dtype=torch.float64)
+        loss_sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=ctx.device)  # no per-step sync
+        diag_sums = torch.zeros(len(DIAGNOSTIC_KEYS), dtype=torch.float64)
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
             with no_sync() if diagnose else contextlib.nullcontext(), autocast:
@@ -252,12 +255,13 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
                 (scale * losses.loss).backward()
                 diag = dict.fromkeys(DIAGNOSTIC_KEYS, math.nan)
             optimizer.step()
-            parts = [getattr(losses, k) for k in LOSS_KEYS]
-            sums += torch.tensor([p.item() * scale if p is not None else math.nan for p in parts]
-                                 + [diag[k] for k in DIAGNOSTIC_KEYS], dtype=torch.float64)
+            loss_sums += torch.stack([getattr(losses, k).detach() if getattr(losses, k) is not None
+                                      else nan for k in LOSS_KEYS]).double() * scale
+            diag_sums += torch.tensor([diag[k] for k in DIAGNOSTIC_KEYS], dtype=torch.float64)
+        loss_means = ctx.all_reduce_sum(loss_sums.cpu()) / ctx.world_size / steps
         elapsed = time.perf_counter() - start
-        sums[: len(LOSS_KEYS)] = ctx.all_reduce_sum(sums[: len(LOSS_KEYS)]) / ctx.world_size
-        means = dict(zip(LOSS_KEYS + DIAGNOSTIC_KEYS, (sums / steps).tolist(), strict=True))
+        means = dict(zip(LOSS_KEYS + DIAGNOSTIC_KEYS, (loss_means.tolist() + (diag_sums / steps).tolist()),
+                         strict=True))
         row: dict = {"epoch": epoch, "status": "ok", "reason": "", **means}
         row["loss_ext"] = row["loss"] if spec.method.name == "gerne" else math.nan
         row["epoch_time_s"] = elapsed
