@@ -22,8 +22,6 @@ from gerne_ray.errors import GerneError
 from gerne_ray.spec import JobSpec
 from gerne_ray.training import CHECKPOINT_FILE, Prepared, WorkerContext, load_state, save_state, train_loop
 
-log = logging.getLogger(__name__)
-
 
 class RayTrainContext(WorkerContext):
     """A Ray Train worker: DDP model, torch.distributed collectives, checkpoints via ray.train.report."""
@@ -94,20 +92,22 @@ def ensure_ray(spec: JobSpec) -> None:
     """Connect to RAY_ADDRESS or the running cluster, or start an embedded local one; check it fits."""
     import ray
 
+    address = os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING,
-                 log_to_driver=True)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    if address:  # a remote, possibly autoscaling cluster: its size now says nothing
+        return
     s = spec.scaling
     resources = ray.cluster_resources()
     need_cpu = s.num_workers * s.cpus_per_worker
-    if not os.environ.get("RAY_ADDRESS") and need_cpu > resources.get("CPU", 0):
+    if need_cpu > resources.get("CPU", 0):
         raise GerneError(
             f"scaling.num_workers: {s.num_workers} workers x {s.cpus_per_worker} CPUs need {need_cpu:g} "
             f"CPUs but this Ray cluster has {resources.get('CPU', 0):g}; lower scaling.num_workers or "
             "scaling.cpus_per_worker, or submit to a larger cluster (RAY_ADDRESS)"
         )
-    if s.use_gpu and resources.get("GPU", 0) == 0 and not os.environ.get("RAY_ADDRESS"):
+    if s.use_gpu and resources.get("GPU", 0) == 0:
         raise GerneError(
             "scaling.use_gpu: this Ray cluster has no GPU; set use_gpu: false or use a GPU cluster"
         )

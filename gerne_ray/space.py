@@ -48,7 +48,8 @@ def beta_range(stats: groups.GroupStats, c: float, bounds: str, margin: float) -
 def suggest(trial: optuna.Trial, stats: groups.GroupStats, search: SearchSpec) -> dict:
     """Draw one configuration (c, beta, and lr / weight_decay when searched) from an Optuna trial.
 
-    Define-by-run: use as OptunaSearch's `space` (it returns no constants) or in a plain study.
+    Define-by-run: Optuna's parameters are c (when more than one is offered), lambda, lr and
+    weight_decay; the returned dict holds the training configuration, beta derived from lambda.
     """
     cs = search.space.c
     c = trial.suggest_categorical("c", cs) if len(cs) > 1 else cs[0]

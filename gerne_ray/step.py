@@ -23,6 +23,7 @@ one gathered batch).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -136,11 +137,10 @@ def gerne_losses(
     sizes = [len(x_b), len(x_lb)]
     if forward == "two":
         logits_b, logits_lb = model(x_b), model(x_lb)
-    elif forward == "split_bn":
-        with split_batch_statistics(model, sizes):
-            logits_b, logits_lb = model(concat_batches(x_b, x_lb)).split(sizes)
     else:
-        logits_b, logits_lb = model(concat_batches(x_b, x_lb)).split(sizes)
+        split = split_batch_statistics(model, sizes) if forward == "split_bn" else contextlib.nullcontext()
+        with split:
+            logits_b, logits_lb = model(concat_batches(x_b, x_lb)).split(sizes)
     loss_b = F.cross_entropy(logits_b, y_b)
     loss_lb = F.cross_entropy(logits_lb, y_lb)
     return StepLosses(extrapolated_loss(loss_b, loss_lb, beta), loss_b, loss_lb)

@@ -233,7 +233,6 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
     no_sync = getattr(model, "no_sync", contextlib.nullcontext)
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=spec.optim.amp == "bf16")
     params = [p for p in model.parameters() if p.requires_grad]
-
     nan = torch.tensor(math.nan, device=ctx.device)
 
     def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
@@ -251,17 +250,16 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
             if diagnose:
                 diag = paired_gradients(params, scale * losses.loss_b, scale * losses.loss_lb,
                                         spec.method.beta, all_reduce_mean if ctx.world_size > 1 else None)
+                diag_sums += torch.tensor([diag[k] for k in DIAGNOSTIC_KEYS], dtype=torch.float64)
             else:
                 (scale * losses.loss).backward()
-                diag = dict.fromkeys(DIAGNOSTIC_KEYS, math.nan)
             optimizer.step()
-            loss_sums += torch.stack([getattr(losses, k).detach() if getattr(losses, k) is not None
-                                      else nan for k in LOSS_KEYS]).double() * scale
-            diag_sums += torch.tensor([diag[k] for k in DIAGNOSTIC_KEYS], dtype=torch.float64)
+            parts = [getattr(losses, k) for k in LOSS_KEYS]
+            loss_sums += torch.stack([nan if p is None else p.detach() for p in parts]).double() * scale
         loss_means = ctx.all_reduce_sum(loss_sums.cpu()) / ctx.world_size / steps
         elapsed = time.perf_counter() - start
-        means = dict(zip(LOSS_KEYS + DIAGNOSTIC_KEYS, (loss_means.tolist() + (diag_sums / steps).tolist()),
-                         strict=True))
+        diag_means = diag_sums / steps if diagnose else torch.full_like(diag_sums, math.nan)
+        means = dict(zip(LOSS_KEYS + DIAGNOSTIC_KEYS, loss_means.tolist() + diag_means.tolist(), strict=True))
         row: dict = {"epoch": epoch, "status": "ok", "reason": "", **means}
         row["loss_ext"] = row["loss"] if spec.method.name == "gerne" else math.nan
         row["epoch_time_s"] = elapsed
