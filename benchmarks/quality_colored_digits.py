@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gerne_ray.demo import DEMO_SPEC, METHODS
+from gerne_ray.demo import DEMO_SPEC
 from gerne_ray.spec import load_spec
 from gerne_ray.training import train
+
+METHODS = ("erm", "resample", "gerne")
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """gerne-ray: GERNE (gradient extrapolation for debiased representation learning) on Ray.
 
-Python API: `gerne_ray.train(spec)` runs one configuration; `gerne_ray.load_spec(spec)` validates
-a spec given as a path, a dict or a JobSpec.
+Python API: `gerne_ray.train(spec)` runs one configuration; `gerne_ray.tune(spec)` searches beta
+(and c, lr, weight decay) with Ray Tune + Optuna; `gerne_ray.resume(run_dir)` continues a search;
+`gerne_ray.load_spec(spec)` validates a spec. Specs are paths, dicts or JobSpec objects.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from gerne_ray.errors import GerneError
 from gerne_ray.spec import JobSpec, load_spec
 
-__all__ = ["GerneError", "JobSpec", "load_spec", "train"]
+__all__ = ["GerneError", "JobSpec", "load_spec", "resume", "train", "tune"]
 __version__ = "0.1.0"
 
 
@@ -20,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from gerne_ray.training import train
 
         return train
+    if name in ("tune", "resume"):  # and Ray
+        from gerne_ray import tuning
+
+        return getattr(tuning, name)
     raise AttributeError(f"module 'gerne_ray' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The gerne-ray command: validate, bounds, train, demo."""
+"""The gerne-ray command: validate, bounds, train, tune, resume, report, demo."""
 
 from __future__ import annotations
 
@@ -97,11 +97,53 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_tune_result(result) -> None:
+    """The best configuration and its metrics, as the terminal shows them after a search."""
+    best = result.best
+    cfg = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                    for k, v in best["best_config"].items())
+    print(f"best trial {best['trial_id']}: {cfg}; epoch {best['best_epoch']} by {best['selection_metric']}")
+    for key in ("val_gba", "val_wga", "test_gba", "test_wga"):
+        if best[key] is not None:
+            print(f"  {key:10s} {100 * best[key]:6.2f}")
+    final = best.get("final_seeds")
+    if final:
+        print(f"over {len(final['seeds'])} new seeds {final['seeds']} (mean +- std):")
+        for key in ("test_gba", "test_wga"):
+            if final["mean"][key] is not None:
+                print(f"  {key:10s} {100 * final['mean'][key]:6.2f} +- {100 * final['std'][key]:5.2f}")
+    print(f"results in {result.run_dir}/ (report.md, best.json, trials.parquet, plots/)")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Search beta (and c, lr, weight decay) with Ray Tune + Optuna."""
+    from gerne_ray.tuning import tune
+
+    print_tune_result(tune(args.spec, args.set))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted search from its run folder."""
+    from gerne_ray.tuning import resume
+
+    print_tune_result(resume(args.run_dir))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render report.md and the plots of a finished search again."""
+    from gerne_ray.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train ERM, resampling and GERNE on colored_digits and compare them."""
+    """Train ERM and resampling, tune GERNE, on colored_digits, and compare them."""
     from gerne_ray.demo import run_demo
 
-    run_demo(storage=args.storage, seeds=args.seeds)
+    run_demo(storage=args.storage, seeds=args.seeds, trials=args.trials)
     return 0
 
 
@@ -128,9 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="ERM vs resampling vs GERNE on colored_digits, offline")
+    p = sub.add_parser("tune", help="search beta inside its bounds with Ray Tune + Optuna")
+    p.add_argument("spec")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("resume", help="continue an interrupted search: gerne-ray resume RUN_DIR")
+    p.add_argument("run_dir", help="the search's run folder, <storage.path>/<name>")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("report", help="render report.md and plots of a finished search again")
+    p.add_argument("run_dir", help="the search's run folder, <storage.path>/<name>")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="ERM vs resampling vs tuned GERNE on colored_digits, offline")
     p.add_argument("--storage", default="runs", help="folder for the runs (default: runs)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
+    p.add_argument("--trials", type=int, default=None, help="GERNE search trials (default: the spec's 12)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -20,18 +20,27 @@ import torch.distributed as dist
 
 from gerne_ray.errors import GerneError
 from gerne_ray.spec import JobSpec
-from gerne_ray.training import CHECKPOINT_FILE, Prepared, WorkerContext, load_state, save_state, train_loop
+from gerne_ray.training import (
+    CHECKPOINT_FILE,
+    Prepared,
+    WorkerContext,
+    epoch_metrics,
+    load_state,
+    save_state,
+    train_loop,
+)
 
 
 class RayTrainContext(WorkerContext):
     """A Ray Train worker: DDP model, torch.distributed collectives, checkpoints via ray.train.report."""
 
-    def __init__(self) -> None:
+    def __init__(self, metric: str = "val_gba") -> None:
         import ray.train
         import ray.train.torch
 
         context = ray.train.get_context()
         super().__init__(device=ray.train.torch.get_device())
+        self.metric = metric
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -61,16 +70,13 @@ class RayTrainContext(WorkerContext):
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as folder:
-            return load_state(Path(folder) / CHECKPOINT_FILE)
+        return None if checkpoint is None else read_checkpoint(checkpoint)
 
     def save(self, row: dict, state: dict) -> None:
         """Report the epoch's scalar metrics to Ray, with rank 0's checkpoint."""
         import ray.train
 
-        metrics = {k: v for k, v in row.items() if isinstance(v, int | float | str)}
+        metrics = epoch_metrics(row, state["history"], self.metric)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if self.rank == 0:
@@ -85,7 +91,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     spec = JobSpec.model_validate(config["spec"])
     prepared = ray.get(config["prepared"])
-    train_loop(spec, prepared, RayTrainContext())
+    train_loop(spec, prepared, RayTrainContext(spec.search.metric))
 
 
 def ensure_ray(spec: JobSpec) -> None:
@@ -113,8 +119,12 @@ def ensure_ray(spec: JobSpec) -> None:
         )
 
 
-def fit_distributed(spec: JobSpec, prepared: Prepared) -> list[dict]:
-    """Run the loop on Ray Train workers; return the history from the latest checkpoint."""
+def fit_distributed(spec: JobSpec, prepared: Prepared, callbacks: list | None = None) -> list[dict]:
+    """Run the loop on Ray Train workers; return the history from the latest checkpoint.
+
+    The Train run is `<storage.path>/<name>/`; `callbacks` go to its RunConfig (inside a Tune trial:
+    ray.tune.integration.ray_train.TuneReportCallback).
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -136,22 +146,28 @@ def fit_distributed(spec: JobSpec, prepared: Prepared) -> list[dict]:
             failure_config=FailureConfig(max_failures=s.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
         ),
     )
     try:
         result = trainer.fit()
     except Exception as err:  # Ray wraps worker errors; a user error inside stays one line
-        cause = _user_error(err)
+        cause = user_error(err)
         if cause is not None:
             raise cause from None
         raise
     if result.checkpoint is None:
         return []
-    with result.checkpoint.as_directory() as folder:
-        return list(load_state(Path(folder) / CHECKPOINT_FILE)["history"])
+    return list(read_checkpoint(result.checkpoint)["history"])
 
 
-def _user_error(err: BaseException) -> GerneError | None:
+def read_checkpoint(checkpoint) -> dict:
+    """The state stored in a Ray (Train or Tune) Checkpoint written by this package."""
+    with checkpoint.as_directory() as folder:
+        return load_state(Path(folder) / CHECKPOINT_FILE)
+
+
+def user_error(err: BaseException) -> GerneError | None:
     """The GerneError a worker raised, found in the chain of Ray's wrapping exceptions."""
     seen: set[int] = set()
     stack = [err]

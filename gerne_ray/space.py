@@ -1,11 +1,11 @@
 """The search space of a GERNE job, derived from the training data's group counts.
 
 beta's bounds depend on c (gerne-method.md section 4), so the space is define-by-run: a trial
-first draws c (from `search.space.c`), then lambda = c (beta + 1) inside the bounds, which are
-the same for every c in lambda terms, then beta = lambda / c - 1. No configuration can leave its
-bounds. `search.margin` keeps a safety distance from the bounds: the usable lambda interval
-[lam_lo, lam_hi] shrinks by `margin` times its width at each finite end (training near beta_max
-is unstable: there the largest majority group's weight approaches zero).
+first draws c (from `search.space.c`, a set or a range), then lambda = c (beta + 1) inside the
+bounds, which are the same for every c in lambda terms, then beta = lambda / c - 1. No
+configuration can leave its bounds. `search.margin` keeps a safety distance from the bounds:
+the usable lambda interval [lam_lo, lam_hi] shrinks by `margin` times its width at each finite
+end (training near beta_max is unstable: there the largest majority group's weight approaches zero).
 
 This module imports optuna only for type hints of the trial it is given, never Ray.
 """
@@ -52,7 +52,10 @@ def suggest(trial: optuna.Trial, stats: groups.GroupStats, search: SearchSpec) -
     weight_decay; the returned dict holds the training configuration, beta derived from lambda.
     """
     cs = search.space.c
-    c = trial.suggest_categorical("c", cs) if len(cs) > 1 else cs[0]
+    if isinstance(cs, list):
+        c = trial.suggest_categorical("c", cs) if len(cs) > 1 else cs[0]
+    else:
+        c = trial.suggest_float("c", cs.low, cs.high) if cs.low < cs.high else cs.low
     lam = trial.suggest_float("lambda", *lambda_range(stats, search.bounds, search.margin))
     config = {"c": float(c), "beta": groups.beta_of(lam, float(c))}
     if search.space.lr is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gerne_ray.errors import GerneError
 
@@ -87,10 +87,25 @@ class OptimSpec(_Strict):
     amp: Literal["off", "bf16"] = Field("off", description="bf16 autocast (mixed precision), for GPUs")
 
 
+class Range(_Strict):
+    """A continuous range [low, high], drawn uniformly."""
+
+    low: Unit
+    high: Unit
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.low > self.high:
+            raise ValueError(f"write the range with low <= high; got low {self.low}, high {self.high}")
+        return self
+
+
 class SearchSpaceSpec(_Strict):
     """What a search varies besides beta (used by `gerne-ray tune`)."""
 
-    c: list[Unit] = Field(default_factory=lambda: [0.5])
+    c: Annotated[list[Unit], Field(min_length=1)] | Range = Field(
+        default_factory=lambda: [0.5], description="a set of values [0.5, 1.0] or a range {low, high}"
+    )
     lr: tuple[Positive, Positive] | None = None
     weight_decay: tuple[Positive, Positive] | None = None
 
@@ -111,6 +126,7 @@ class SearchSpec(_Strict):
     margin: float = Field(0.05, ge=0, lt=1)
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(2, gt=0)
+    reduction_factor: int = Field(3, ge=2, description="ASHA keeps the top 1/reduction_factor at each rung")
     max_concurrent: int = Field(2, gt=0)
     final_seeds: int = Field(0, ge=0)
     space: SearchSpaceSpec = Field(default_factory=SearchSpaceSpec)

@@ -109,12 +109,15 @@ def training_stats(dataset: GroupedDataset) -> groups.GroupStats:
     )
 
 
-def prepare(spec: JobSpec, dataset: GroupedDataset | None = None) -> Prepared:
-    """Load the dataset, compute the training split's group statistics and check beta against them."""
+def prepare(spec: JobSpec, dataset: GroupedDataset | None = None, check_beta: bool = True) -> Prepared:
+    """Load the dataset, compute the training split's group statistics and check beta against them.
+
+    A search (`check_beta=False`) draws beta inside the bounds itself: the spec's fixed beta is unused.
+    """
     rank_share(spec.optim.batch_size_per_class, 0, spec.scaling.num_workers)  # B >= W, before any worker
     dataset = dataset if dataset is not None else load_dataset(spec.data)
     stats = training_stats(dataset)
-    if spec.method.name in ("gerne", "reweight"):
+    if check_beta and spec.method.name in ("gerne", "reweight"):
         groups.check_beta(stats, spec.method.c, spec.method.beta)
     return Prepared(dataset, stats)
 
@@ -288,6 +291,23 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
         if row["status"] == "diverged":
             break
     return history
+
+
+def objective_key(metric: str) -> str:
+    """The reported key holding the best value of `metric` so far (what Tune and Optuna maximise)."""
+    return f"best_{metric}"
+
+
+def epoch_metrics(row: dict, history: list[dict], metric: str) -> dict:
+    """The scalars reported for an epoch, plus the best finite value of `metric` so far (0 if none).
+
+    Optuna takes a trial's last report as its value and ASHA compares reports at its rungs: the
+    running best makes both see the trial's selected epoch, and a diverged trial a finite worst value.
+    """
+    best = select_epoch(history, metric)
+    out = {k: v for k, v in row.items() if isinstance(v, int | float | str)}
+    out[objective_key(metric)] = best[metric] if best else 0.0
+    return out
 
 
 def select_epoch(history: list[dict], metric: str) -> dict | None:

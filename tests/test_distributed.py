@@ -169,19 +169,19 @@ def test_batch_smaller_than_the_worker_count_is_refused_before_ray_starts(tmp_pa
 
 
 def test_a_gerne_error_raised_on_a_worker_comes_back_as_itself():
-    from gerne_ray.distributed import _user_error
+    from gerne_ray.distributed import user_error
     from gerne_ray.errors import GerneError
 
-    assert _user_error(RuntimeError("an ordinary failure")) is None
+    assert user_error(RuntimeError("an ordinary failure")) is None
     # Ray reports a worker's exception with its traceback as text, wrapped in its own errors
     worker_failure = RuntimeError("Training failed.\nTraceback ...\ngerne_ray.errors.GerneError: "
                                   "scaling.num_workers: the checkpoint was written by 3 workers\n")
     outer = RuntimeError("fit failed")
     outer.__cause__ = worker_failure
-    found = _user_error(outer)
+    found = user_error(outer)
     assert isinstance(found, GerneError)
     assert str(found) == "scaling.num_workers: the checkpoint was written by 3 workers"
     direct = GerneError("x: y")
     chained = RuntimeError("z")
     chained.__context__ = direct
-    assert _user_error(chained) is direct
+    assert user_error(chained) is direct

@@ -44,6 +44,25 @@ def test_no_drawn_configuration_violates_its_bounds(stats, bounds, margin):
     assert seen_c == {0.25, 0.5, 1.0}
 
 
+@pytest.mark.parametrize("bounds", ["simplified", "exact"])
+def test_a_range_of_c_never_leaves_the_bounds(bounds):
+    search = SearchSpec(bounds=bounds, space={"c": {"low": 0.2, "high": 1.0}})
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=1))
+    cs = []
+    for _ in range(150):
+        trial = study.ask()
+        config = suggest(trial, EMPTY, search)
+        groups.check_beta(EMPTY, config["c"], config["beta"])
+        cs.append(config["c"])
+        study.tell(trial, config["beta"])  # pulls beta (so c down, lambda up) toward its bound
+    assert 0.2 <= min(cs) and max(cs) <= 1.0 and len(set(cs)) > 100
+
+
+def test_a_reversed_c_range_is_refused():
+    with pytest.raises(ValueError, match="low <= high"):
+        SearchSpec(space={"c": {"low": 0.9, "high": 0.3}})
+
+
 def test_the_same_seed_suggests_the_same_sequence():
     search = SearchSpec(space={"c": [0.5, 1.0]})
 

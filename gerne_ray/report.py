@@ -1,0 +1,197 @@
+"""The search report: report.md and plots, rendered from a run folder's files alone.
+
+`write_report(run_dir)` reads trials.parquet, trial_histories.parquet and best.json (written by
+gerne_ray.tuning) and writes report.md and three PNG plots under plots/: the selection metric
+against beta over all trials, the best trial's per-group accuracies, and learning curves.
+`gerne-ray report RUN_DIR` calls it again, e.g. after a change to this module.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from gerne_ray import results
+from gerne_ray.errors import GerneError
+
+PLOTS = ("metric_vs_beta.png", "best_groups.png", "learning_curves.png")
+STATUS_MARKERS = {"completed": "o", "stopped": "v", "diverged": "x", "error": "s"}
+
+
+def _pct(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return f"{100 * value:.2f}"
+
+
+def load_run(run_dir: Path) -> tuple[list[dict], list[dict], dict]:
+    """trials.parquet, trial_histories.parquet and best.json of a run folder."""
+    files = ("trials.parquet", "trial_histories.parquet", "best.json")
+    missing = [f for f in files if not (run_dir / f).is_file()]
+    if missing:
+        raise GerneError(
+            f"{run_dir}: {', '.join(missing)} missing; pass the folder of a finished `gerne-ray tune` "
+            "(resume an unfinished one with `gerne-ray resume`)"
+        )
+    trials = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    histories = pq.read_table(run_dir / "trial_histories.parquet").to_pylist()
+    return trials, histories, results.read_json(run_dir / "best.json")
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    results.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_metric_vs_beta(trials: list[dict], best: dict, path: Path) -> None:
+    """Each trial's selected validation metric against its beta, marked by status, coloured by c."""
+    import matplotlib.pyplot as plt
+
+    metric = best["selection_metric"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    cs = sorted({t["c"] for t in trials})
+    cmap = plt.get_cmap("viridis")
+    for status, marker in STATUS_MARKERS.items():
+        shown = [t for t in trials if t["status"] == status]
+        if not shown:
+            continue
+        ys = [100 * (t[metric] or 0.0) for t in shown]
+        colours = [cmap(cs.index(t["c"]) / max(1, len(cs) - 1)) for t in shown]
+        ax.scatter([t["beta"] for t in shown], ys, c=colours, marker=marker, label=status)
+    ax.scatter([best["beta"]], [100 * best[metric]], s=200, facecolors="none", edgecolors="red",
+               label=f"best (c = {best['c']:.3g}, beta = {best['beta']:.3g})")
+    ax.axvline(-1.0, color="grey", linestyle=":", linewidth=1)
+    ax.text(-1.0, ax.get_ylim()[0], " ERM", color="grey", va="bottom")
+    ax.set_xlabel("beta")
+    ax.set_ylabel(f"{metric} (%), selected epoch")
+    title = f"{best['name']}: {len(trials)} trials"
+    if len(cs) > 1:
+        title += f", c from {min(cs):.3g} (dark) to {max(cs):.3g} (light)"
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_best_groups(best: dict, path: Path) -> None:
+    """The best trial's validation and test accuracy of every (y, a) group."""
+    import matplotlib.pyplot as plt
+
+    rows = {split: {(g["y"], g["a"]): g for g in best.get(f"{split}_groups") or []}
+            for split in ("val", "test")}
+    keys = sorted(set(rows["val"]) | set(rows["test"]))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.18 * len(keys) + 2), 4.2))
+    width = 0.4
+    for i, split in enumerate(("val", "test")):
+        accs = [100 * (rows[split][k]["accuracy"] if k in rows[split] else math.nan) for k in keys]
+        ax.bar([j + (i - 0.5) * width for j in range(len(keys))], accs, width=width, label=split)
+    ax.set_xticks(range(len(keys)), [f"{y},{a}" for y, a in keys], rotation=90, fontsize=6)
+    ax.set_xlabel("group (y, a)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"best trial {best['trial_id']}: per-group accuracy at epoch {best['best_epoch']}")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_learning_curves(histories: list[dict], best: dict, path: Path) -> None:
+    """Validation metric and training loss per epoch of every search trial; the best one in red."""
+    import matplotlib.pyplot as plt
+
+    metric = best["selection_metric"]
+    by_trial: dict[str, list[dict]] = {}
+    for r in histories:
+        if r.get("stage", "search") == "search":
+            by_trial.setdefault(r["trial_id"], []).append(r)
+    fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
+    for trial_id, rows in by_trial.items():
+        rows = sorted(rows, key=lambda r: r["epoch"])
+        is_best = trial_id == best["trial_id"]
+        style = {"color": "red", "linewidth": 2, "zorder": 3} if is_best else {"color": "grey", "alpha": 0.5}
+        epochs = [r["epoch"] for r in rows]
+        ax_m.plot(epochs, [100 * r[metric] if r.get(metric) is not None else math.nan for r in rows], **style)
+        ax_l.plot(epochs, [r["loss"] if r.get("loss") is not None else math.nan for r in rows], **style)
+    ax_m.set_xlabel("epoch")
+    ax_m.set_ylabel(f"{metric} (%)")
+    ax_l.set_xlabel("epoch")
+    ax_l.set_ylabel("training loss (L_ext for GERNE)")
+    ax_l.set_yscale("symlog", linthresh=1e-2)
+    fig.suptitle(f"{best['name']}: learning curves of {len(by_trial)} trials (best in red)")
+    _save(fig, path)
+
+
+def render_markdown(trials: list[dict], best: dict) -> str:
+    """report.md: the best configuration, the seed statistics and the table of trials."""
+    metric = best["selection_metric"]
+    s = best["search"]
+    cfg = best["best_config"]
+    lines = [
+        f"# {best['name']}: search report",
+        "",
+        f"{s['trials']} trials ({s['completed']} completed, {s['stopped']} stopped early, {s['diverged']} "
+        f"diverged, {s['error']} failed), {s['epochs_spent']} epochs in all; selection by {metric} "
+        f"({s['bounds']} bounds, margin {s['margin']}, scheduler {s['scheduler']}).",
+        "",
+        "## Best configuration",
+        "",
+        "| " + " | ".join(cfg) + " |",
+        "|" + "---|" * len(cfg),
+        "| " + " | ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in cfg.values()) + " |",
+        "",
+        f"Trial {best['trial_id']}, epoch {best['best_epoch']} of {best['epochs_run']}; beta's exact bounds "
+        f"for c = {best['c']:.4g}: [{best['beta_bounds_exact'][0]:.4g}, {best['beta_bounds_exact'][1]:.4g}]"
+        if best["beta_bounds_exact"][0] is not None and best["beta_bounds_exact"][1] is not None
+        else f"Trial {best['trial_id']}, epoch {best['best_epoch']} of {best['epochs_run']}.",
+        "",
+        "| split | GBA | WGA | avg | worst class | minority |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split in ("val", "test"):
+        lines.append(f"| {split} | " + " | ".join(
+            _pct(best[f"{split}_{m}"]) for m in ("gba", "wga", "avg", "worst_class", "minority")) + " |")
+    final = best.get("final_seeds")
+    if final:
+        lines += ["", f"## The best configuration over {len(final['seeds'])} new seeds {final['seeds']}", "",
+                  "mean +- std (ddof 0) of the epoch each run selects by " + metric + ":", "",
+                  "| split | GBA | WGA | avg | worst class | minority |", "|---|---|---|---|---|---|"]
+        for split in ("val", "test"):
+            cells = []
+            for m in ("gba", "wga", "avg", "worst_class", "minority"):
+                mean, std = final["mean"][f"{split}_{m}"], final["std"][f"{split}_{m}"]
+                cells.append("" if mean is None else f"{100 * mean:.2f} +- {100 * std:.2f}")
+            lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    lines += ["", "## Trials (best first)", "",
+              f"| trial | status | c | beta | lr | weight decay | epochs | best epoch | {metric} "
+              "| test GBA | test WGA |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ranked = sorted(trials, key=lambda t: -(t[metric] if t[metric] is not None else -1.0))
+    for t in ranked:
+        lines.append(
+            f"| {t['trial_id']} | {t['status']} | {t['c']:.4g} | {t['beta']:.4g} | {t['lr']:.3g} | "
+            f"{t['weight_decay']:.3g} | {t['epochs_run']} | {t['best_epoch'] if t['best_epoch'] else ''} | "
+            f"{_pct(t[metric])} | {_pct(t['test_gba'])} | {_pct(t['test_wga'])} |"
+        )
+    reasons = [t for t in trials if t["status"] in ("diverged", "error")]
+    if reasons:
+        lines += ["", "Diverged or failed:", ""] + [f"- {t['trial_id']}: {t['reason']}" for t in reasons]
+    lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in PLOTS] + [""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render report.md and plots/*.png from a run folder's tables; return report.md's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run_dir = Path(run_dir)
+    trials, histories, best = load_run(run_dir)
+    plots = run_dir / "plots"
+    plot_metric_vs_beta(trials, best, plots / PLOTS[0])
+    plot_best_groups(best, plots / PLOTS[1])
+    plot_learning_curves(histories, best, plots / PLOTS[2])
+    path = run_dir / "report.md"
+    text = render_markdown(trials, best)
+    results.atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path

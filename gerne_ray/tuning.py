@@ -1,0 +1,479 @@
+"""Hyperparameter search with Ray Tune and Optuna: beta (and c, lr, weight decay) inside its bounds.
+
+`tune(spec)` is the whole job. The training split's group statistics are computed once, on the
+driver; they define the define-by-run Optuna space (gerne_ray.space), so no trial is proposed outside
+beta's bounds. OptunaSearch (TPE, seeded with the spec's seed) suggests configurations, Tune limits
+how many run at once (`search.max_concurrent`) and ASHA stops the weak ones early on the epoch count.
+Every trial reports, each epoch, the best value so far of `search.metric` (`best_<metric>`): that is
+what ASHA compares and what Optuna learns from, and a diverged trial reports a finite worst value.
+
+A trial with one worker runs the training loop in-process inside its Tune trial; a trial with more
+workers (or a GPU) drives a TorchTrainer whose rank 0 reports back through TuneReportCallback (the
+Ray Train V2 pattern). The Optuna study lives in `optuna.journal` in the run folder (Optuna's
+journal storage), so the searcher's knowledge survives a killed driver; Tune's experiment state
+beside it resumes unfinished trials from their checkpoints (`gerne-ray resume RUN_DIR`).
+
+With `search.final_seeds: k` the best configuration is trained again with k new seeds (the spec's
+seed + 1 ... + k; the searched seed is left out so the estimate is not the selection's lucky draw)
+and best.json reports their mean and standard deviation.
+
+Files in `<storage.path>/<name>/`: spec.json, trials.parquet (one row per trial: config, status,
+selected epoch's metrics, per-group accuracies), trial_histories.parquet (every trial's epochs),
+best.json (result.json's keys for the best trial, plus its config and the seed statistics),
+report.md and plots/ (gerne_ray.report), optuna.journal, and Tune's and Train's own state.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+from ray import tune as ray_tune
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+
+from gerne_ray import groups, metrics, results, space
+from gerne_ray.data.base import GroupedDataset
+from gerne_ray.distributed import ensure_ray, read_checkpoint, user_error
+from gerne_ray.errors import GerneError
+from gerne_ray.spec import JobSpec, SpecLike, load_spec
+from gerne_ray.training import (
+    CHECKPOINT_FILE,
+    EVAL_SPLITS,
+    Prepared,
+    WorkerContext,
+    claim_run_dir,
+    epoch_metrics,
+    objective_key,
+    prepare,
+    save_state,
+    summarize,
+    train_loop,
+)
+
+log = logging.getLogger(__name__)
+SEARCHED_METHODS = ("gerne", "reweight")
+CONFIG_KEYS = ("c", "beta", "lambda", "lr", "weight_decay", "seed")
+RAY_LOGGERS = ("ray.train", "ray.tune")  # their INFO lines ("Checkpoint successfully created") every epoch
+FINAL_DIR = "final"
+JOURNAL_FILE = "optuna.journal"
+
+
+@dataclass
+class TuneResult:
+    """What `tune` returns: the best trial (best.json's content) and the trials table."""
+
+    best: dict
+    trials: object  # pandas.DataFrame, one row per trial (trials.parquet)
+    run_dir: Path
+
+    @property
+    def config(self) -> dict:
+        """The best configuration: c, beta, lambda (and lr, weight_decay when searched)."""
+        return self.best["best_config"]
+
+
+class TuneTrialContext(WorkerContext):
+    """An in-process worker inside a Tune trial: checkpoints and metrics go through ray.tune.report."""
+
+    def __init__(self, metric: str) -> None:
+        super().__init__()
+        self.metric = metric
+        for name in RAY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    def load_checkpoint(self) -> dict | None:
+        """The trial's latest checkpoint (when Tune restores it), or None."""
+        checkpoint = ray_tune.get_checkpoint()
+        return None if checkpoint is None else read_checkpoint(checkpoint)
+
+    def save(self, row: dict, state: dict) -> None:
+        """Report the epoch's metrics with a checkpoint to Tune."""
+        with tempfile.TemporaryDirectory() as folder:
+            save_state(Path(folder) / CHECKPOINT_FILE, state)
+            ray_tune.report(epoch_metrics(row, state["history"], self.metric),
+                            checkpoint=ray_tune.Checkpoint.from_directory(folder))
+
+
+def trial_spec(spec: JobSpec, config: dict, name: str, storage: Path) -> JobSpec:
+    """The job spec of one trial: the searched values set, named after the trial."""
+    raw = spec.model_dump(mode="json")
+    raw["name"] = name
+    raw["storage"]["path"] = str(storage)
+    raw["method"]["c"] = float(config["c"])
+    raw["method"]["beta"] = float(config["beta"])
+    for key in ("lr", "weight_decay"):
+        if key in config:
+            raw["optim"][key] = float(config[key])
+    raw["seed"] = int(config.get("seed", spec.seed))
+    return JobSpec.model_validate(raw)
+
+
+def run_trial(config: dict, job: dict, prepared: Prepared) -> None:
+    """Tune's trainable: train one configuration, in-process or on Ray Train workers."""
+    spec = JobSpec.model_validate(job)
+    context = ray_tune.get_context()
+    storage = Path(job["storage"]["path"]) / spec.name / "train"
+    tspec = trial_spec(spec, config, context.get_trial_id(), storage)
+    if tspec.scaling.distributed:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from gerne_ray.distributed import fit_distributed
+
+        fit_distributed(tspec, prepared, callbacks=[TuneReportCallback()])
+    else:
+        train_loop(tspec, prepared, TuneTrialContext(spec.search.metric))
+
+
+def trial_dirname(trial) -> str:
+    """Trial folders are named by trial id (so a trial's results are found from its id)."""
+    return trial.trial_id
+
+
+def optuna_space(trial, stats: groups.GroupStats, search) -> dict:
+    """The define-by-run space handed to OptunaSearch: derived values returned as constants."""
+    config = space.suggest(trial, stats, search)
+    config["lambda"] = groups.lambda_of(config["beta"], config["c"])
+    config["trial_number"] = trial.number  # the order of suggestion (Tune's trial ids are random)
+    return {k: v for k, v in config.items() if k not in trial.params}
+
+
+def _journal_storage(path: Path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+_restoring: dict = {}  # run folder of the experiment being restored (it may have moved)
+
+
+class JournalOptunaSearch(OptunaSearch):
+    """OptunaSearch whose study lives in the run folder's journal file and survives a killed driver.
+
+    Tune restores the searcher as pickled at its last snapshot; the journal holds every trial told
+    since. A trial the journal shows running that Tune's snapshot does not know was interrupted
+    before Tune recorded it: it is marked failed, so that the study and Tune agree.
+    """
+
+    journal = ""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's restore, then the study reloaded from the journal (in the folder being resumed)."""
+        super().restore(checkpoint_path)
+        journal = Path(_restoring.get("run_dir", Path(self.journal).parent)) / JOURNAL_FILE
+        storage = _journal_storage(journal)
+        study = optuna.load_study(study_name=self._study_name, storage=storage,
+                                  sampler=self._ot_study.sampler)
+        known = {t._trial_id for t in self._ot_trials.values()}
+        self.journal, self._storage, self._ot_study = str(journal), storage, study
+        self._ot_trials = {k: optuna.trial.Trial(study, t._trial_id) for k, t in self._ot_trials.items()}
+        for orphan in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if orphan._trial_id not in known:
+                log.warning("trial %d of the study was interrupted before Tune recorded it: marked failed",
+                            orphan.number)
+                storage.set_trial_state_values(orphan._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def make_searcher(spec: JobSpec, stats: groups.GroupStats, run_dir: Path) -> JournalOptunaSearch:
+    """OptunaSearch over the bounded space: TPE seeded by the spec, the study in a journal file."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space.lambda_range(stats, spec.search.bounds, spec.search.margin)  # a balanced table: clear error now
+    searcher = JournalOptunaSearch(
+        space=functools.partial(optuna_space, stats=stats, search=spec.search),
+        metric=objective_key(spec.search.metric),
+        mode="max",
+        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+        study_name=spec.name,
+        storage=_journal_storage(run_dir / JOURNAL_FILE),
+    )
+    searcher.journal = str(run_dir / JOURNAL_FILE)
+    return searcher
+
+
+def make_scheduler(spec: JobSpec):
+    """ASHA on the epoch count (`search.scheduler: asha`) or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.search.scheduler == "fifo" or spec.search.grace_period >= spec.optim.epochs:
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epoch", metric=objective_key(spec.search.metric), mode="max",
+        max_t=spec.optim.epochs, grace_period=spec.search.grace_period,
+        reduction_factor=spec.search.reduction_factor,
+    )
+
+
+def _trainable(spec: JobSpec, prepared: Prepared, storage: Path):
+    job = spec.model_dump(mode="json")
+    job["storage"]["path"] = str(storage)
+    s = spec.scaling
+    # A multi-worker trial only drives its TorchTrainer: its workers hold the CPUs, it needs almost none.
+    resources = {"cpu": 0.01} if s.distributed else {"cpu": s.cpus_per_worker}
+    return ray_tune.with_resources(ray_tune.with_parameters(run_trial, job=job, prepared=prepared), resources)
+
+
+class Progress(Callback):
+    """Prints one line per finished trial: its configuration, best metric and how it ended."""
+
+    def __init__(self, label: str, total: int, metric: str, epochs: int) -> None:
+        self.label, self.total, self.metric, self.epochs = label, total, metric, epochs
+        self.start = time.perf_counter()
+
+    def _line(self, trials: list, trial, outcome: str) -> None:
+        # this trial is not marked finished yet; restored finished trials count too
+        done = 1 + sum(t.status in ("TERMINATED", "ERROR") and t is not trial for t in trials)
+        r, cfg = trial.last_result or {}, trial.config
+        best = r.get(objective_key(self.metric))
+        epoch = r.get("epoch", 0)
+        if outcome == "completed" and r.get("status") == "diverged":
+            outcome = "diverged"
+        elif outcome == "completed" and epoch < self.epochs:
+            outcome = f"stopped at epoch {epoch}"
+        shown = "" if best is None else f"{self.metric} {100 * best:6.2f}"
+        values = " ".join(f"{k}={cfg[k]:.4g}" for k in ("c", "beta", "lr", "seed") if k in cfg)
+        print(f"  {self.label} {done:>3}/{self.total} {trial.trial_id} {values:34s} {shown:18s} "
+              f"{outcome} ({time.perf_counter() - self.start:.0f} s)", flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        """A trial finished (or a scheduler stopped it)."""
+        self._line(trials, trial, "completed")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        """A trial failed."""
+        self._line(trials, trial, "error")
+
+
+def _fit(tuner_args: dict, path: Path, trainable):
+    """Resume the Tune experiment at path if it has state, else start it."""
+    if not ray_tune.Tuner.can_restore(str(path)):
+        return ray_tune.Tuner(trainable, **tuner_args).fit()
+    log.warning("resuming the experiment in %s", path)
+    _restoring["run_dir"] = path
+    try:
+        tuner = ray_tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+        return tuner.fit()
+    finally:
+        _restoring.clear()
+
+
+def search(spec: JobSpec, prepared: Prepared, run_dir: Path):
+    """Run (or resume) the search experiment; return Tune's ResultGrid."""
+    s = spec.search
+    journal = run_dir / JOURNAL_FILE
+    if journal.exists() and not ray_tune.Tuner.can_restore(str(run_dir)):
+        # killed before Tune saved any state: nothing of it can be resumed; keep the file, start anew
+        journal.rename(run_dir / f"{JOURNAL_FILE}.stale-{int(time.time())}")
+    args = {
+        "tune_config": ray_tune.TuneConfig(
+            search_alg=make_searcher(spec, prepared.stats, run_dir),
+            scheduler=make_scheduler(spec),
+            num_samples=s.num_samples,
+            max_concurrent_trials=s.max_concurrent,
+            trial_dirname_creator=trial_dirname,
+        ),
+        "run_config": ray_tune.RunConfig(
+            name=spec.name,
+            storage_path=str(run_dir.parent),
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[Progress("trial", s.num_samples, s.metric, spec.optim.epochs)],
+            verbose=0,
+        ),
+    }
+    return _fit(args, run_dir, _trainable(spec, prepared, run_dir.parent))
+
+
+def final_seeds(spec: JobSpec) -> list[int]:
+    """The seeds the best configuration is trained again with: seed + 1 ... seed + final_seeds."""
+    return [spec.seed + 1 + i for i in range(spec.search.final_seeds)]
+
+
+def run_final(spec: JobSpec, prepared: Prepared, run_dir: Path, config: dict):
+    """Train the best configuration with each final seed (a grid experiment in run_dir/final)."""
+    seeds = final_seeds(spec)
+    fixed = {k: config[k] for k in CONFIG_KEYS if k in config and k != "seed"}
+    args = {
+        "param_space": {**fixed, "seed": ray_tune.grid_search(seeds)},
+        "tune_config": ray_tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent,
+                                       trial_dirname_creator=trial_dirname),
+        "run_config": ray_tune.RunConfig(
+            name=FINAL_DIR,
+            storage_path=str(run_dir),
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[Progress("seed", len(seeds), spec.search.metric, spec.optim.epochs)],
+            verbose=0,
+        ),
+    }
+    return _fit(args, run_dir / FINAL_DIR, _trainable(spec, prepared, run_dir.parent))
+
+
+def trial_history(result) -> list[dict]:
+    """A trial's history: from its Tune checkpoint (in-process) or its Train checkpoint (workers)."""
+    from ray.train import Checkpoint
+
+    checkpoint = result.checkpoint
+    path = (result.metrics or {}).get("checkpoint_path")
+    if checkpoint is None and path:
+        checkpoint = Checkpoint(path)
+    return [] if checkpoint is None else list(read_checkpoint(checkpoint)["history"])
+
+
+def _first_line(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    cause = user_error(error)
+    text = str(cause if cause is not None else error).strip()
+    return (text.splitlines() or [type(error).__name__])[-1 if cause is None else 0][:500]
+
+
+def collect(spec: JobSpec, prepared: Prepared, grid, run_dir: Path, stage: str) -> list[dict]:
+    """One summary per trial (result.json's keys plus trial_id, config and status), in trial order."""
+    trials = []
+    for result in grid:
+        trial_id = Path(result.path).name
+        config = {k: result.config[k] for k in CONFIG_KEYS if k in result.config}
+        tspec = trial_spec(spec, config, trial_id, run_dir / "train")
+        history = trial_history(result)
+        summary = summarize(tspec, prepared, history)
+        status, reason = summary["status"], summary["reason"]
+        if result.error is not None:
+            status, reason = "error", _first_line(result.error)
+        elif status == "completed" and summary["epochs_run"] < spec.optim.epochs:
+            status, reason = "stopped", f"stopped early by the scheduler after epoch {summary['epochs_run']}"
+        summary.update(status=status, reason=reason, name=spec.name, trial_id=trial_id, stage=stage,
+                       seed=tspec.seed, lr=tspec.optim.lr, weight_decay=tspec.optim.weight_decay,
+                       trial_number=result.config.get("trial_number", tspec.seed))
+        summary["history"] = history
+        trials.append(summary)
+    return sorted(trials, key=lambda t: t["trial_number"])
+
+
+def trial_rows(trials: list[dict]) -> list[dict]:
+    """trials.parquet's rows: config, status, the selected epoch's metrics and per-group tables."""
+    drop = {"config", "history", "train_groups", "val_missing_groups", "test_missing_groups",
+            "beta_bounds_exact", "name"}
+    first = ("trial_number", "trial_id", "stage", "status", "reason", *CONFIG_KEYS)
+    rows = []
+    for t in trials:
+        row = {k: t[k] for k in first}
+        row.update({k: v for k, v in t.items() if k not in drop and k not in row})
+        rows.append(row)
+    return rows
+
+
+def history_table(trials: list[dict]) -> list[dict]:
+    """trial_histories.parquet's rows: every trial's epochs (scalars only)."""
+    rows = [
+        {"trial_id": t["trial_id"], "stage": t["stage"],
+         **{k: v for k, v in r.items() if not k.endswith("_groups")}}
+        for t in trials for r in t["history"]
+    ]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return [{k: r.get(k) for k in keys} for r in rows]
+
+
+def pick_best(trials: list[dict], metric: str) -> dict:
+    """The trial with the best selected validation metric (earliest trial on ties)."""
+    scored = [t for t in trials if t["status"] != "error" and t[metric] is not None
+              and math.isfinite(t[metric])]
+    if not scored:
+        reasons = "; ".join(sorted({t["reason"] for t in trials if t["reason"]}))[:500]
+        raise GerneError(f"search: no trial produced a finite {metric} ({reasons or 'no trial ran'}); "
+                         "check the spec's optim settings (a smaller optim.lr?) and the trials' reasons")
+    return max(scored, key=lambda t: t[metric])
+
+
+def seed_statistics(runs: list[dict]) -> dict:
+    """Mean and standard deviation (ddof 0) over the final seeds of every validation and test metric."""
+    out: dict = {"seeds": [r["seed"] for r in runs], "runs": [], "mean": {}, "std": {}}
+    keys = [f"{split}_{m}" for split in EVAL_SPLITS for m in metrics.METRIC_NAMES]
+    for r in runs:
+        out["runs"].append({"trial_id": r["trial_id"], "seed": r["seed"], "status": r["status"],
+                            "best_epoch": r["best_epoch"], **{k: r[k] for k in keys}})
+    for k in keys:
+        values = np.array([r[k] for r in runs if r[k] is not None], dtype=float)
+        out["mean"][k] = float(values.mean()) if len(values) else None
+        out["std"][k] = float(values.std()) if len(values) else None
+    return out
+
+
+def best_summary(spec: JobSpec, best: dict, trials: list[dict], final: list[dict]) -> dict:
+    """best.json: the best trial keyed as result.json, its configuration, the search and seed statistics."""
+    out = {k: v for k, v in best.items() if k not in ("history", "stage", "trial_number")}
+    out["name"] = spec.name
+    out["best_config"] = {k: best[k] for k in CONFIG_KEYS if k in best and best[k] is not None}
+    out["search"] = {
+        "trials": len(trials),
+        **{s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped", "diverged", "error")},
+        "epochs_spent": sum(len(t["history"]) for t in trials),
+        "metric": spec.search.metric,
+        "bounds": spec.search.bounds,
+        "margin": spec.search.margin,
+        "scheduler": spec.search.scheduler,
+    }
+    out["final_seeds"] = seed_statistics(final) if final else None
+    return out
+
+
+def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDataset | None = None,
+         run_dir: str | Path | None = None) -> TuneResult:
+    """Search the spec's space with Ray Tune + Optuna, resuming its run folder if it holds a search.
+
+    Returns the best trial (best.json's content: config, metrics, seed statistics) and the trials table.
+    """
+    import pandas as pd
+
+    from gerne_ray import report
+
+    spec = load_spec(spec, overrides)
+    if spec.method.name not in SEARCHED_METHODS:
+        raise GerneError(
+            f"method.name: a search varies beta, which {spec.method.name} does not use; set method.name: "
+            "gerne (or reweight), or train one configuration with `gerne-ray train`"
+        )
+    prepared = prepare(spec, dataset, check_beta=False)
+    space.lambda_range(prepared.stats, spec.search.bounds, spec.search.margin)
+    if run_dir is not None:  # resume a folder that may have moved: its name and parent rule
+        run_dir = Path(run_dir)
+        spec = load_spec(spec, [f"name={run_dir.name}", f"storage.path={run_dir.parent}"])
+    claim_run_dir(spec)
+    run_dir = spec.run_dir.absolute()
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune tables: Progress prints a line per trial
+    ensure_ray(spec)
+    print(f"gerne-ray tune {spec.name}: {spec.search.num_samples} trials of {spec.method.name} on "
+          f"{spec.data.dataset}, maximising {spec.search.metric}; results in {run_dir}", flush=True)
+    trials = collect(spec, prepared, search(spec, prepared, run_dir), run_dir, "search")
+    best = pick_best(trials, spec.search.metric)
+    final: list[dict] = []
+    if spec.search.final_seeds:
+        final = collect(spec, prepared, run_final(spec, prepared, run_dir, best), run_dir, "final")
+    summary = best_summary(spec, best, trials, final)
+    rows = trial_rows(trials)
+    results.write_rows_parquet(run_dir / "trials.parquet", rows)
+    results.write_rows_parquet(run_dir / "trial_histories.parquet", history_table(trials + final))
+    results.write_json(run_dir / "best.json", summary)
+    report.write_report(run_dir)
+    return TuneResult(best=summary, trials=pd.DataFrame(rows), run_dir=run_dir)
+
+
+def resume(run_dir: str | Path) -> TuneResult:
+    """Continue the search in run_dir (from its spec.json) where it stopped."""
+    run_dir = Path(run_dir)
+    spec_file = run_dir / "spec.json"
+    if not spec_file.is_file():
+        raise GerneError(f"{run_dir}: no spec.json here; pass the run folder a `gerne-ray tune` created "
+                         "(<storage.path>/<name>)")
+    return tune(results.read_json(spec_file), run_dir=run_dir)
+
+
+__all__ = ["tune", "resume", "TuneResult", "run_trial", "trial_spec", "final_seeds", "seed_statistics"]
+

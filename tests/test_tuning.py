@@ -1,0 +1,330 @@
+"""The search: Ray Tune + Optuna inside beta's bounds, ASHA, divergence, resume, seeds and the report.
+
+The pure parts (trial specs, the objective, seed statistics, the searcher's determinism) run
+without Ray; the rest runs real Tune experiments on the shared local cluster.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from gerne_ray import cli, groups
+from gerne_ray.data import load_dataset
+from gerne_ray.errors import GerneError
+from gerne_ray.spec import load_spec
+from gerne_ray.training import epoch_metrics, select_epoch, training_stats
+from gerne_ray.tuning import (
+    final_seeds,
+    make_scheduler,
+    make_searcher,
+    pick_best,
+    seed_statistics,
+    trial_spec,
+    tune,
+)
+
+BASE = {
+    "name": "search",
+    "data": {"dataset": "colored_digits", "conflict_ratio": 0.02},
+    "model": {"arch": "mlp", "hidden": 32},
+    "method": {"name": "gerne", "c": 0.5},
+    "optim": {"epochs": 4, "batch_size_per_class": 16, "lr": 0.1, "weight_decay": 5e-4},
+    "search": {"num_samples": 4, "grace_period": 1, "max_concurrent": 2},
+}
+
+
+def spec_in(tmp_path, **sections):
+    raw = json.loads(json.dumps(BASE))
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    raw["storage"] = {"path": str(tmp_path / "runs")}
+    return load_spec(raw)
+
+
+@pytest.fixture(scope="module")
+def stats():
+    return training_stats(load_dataset(load_spec(BASE).data))
+
+
+# ---- without Ray -------------------------------------------------------------------------------
+
+
+def test_trial_spec_sets_the_searched_values(tmp_path):
+    spec = spec_in(tmp_path)
+    t = trial_spec(spec, {"c": 0.25, "beta": 1.5, "lambda": 0.625, "lr": 0.03, "seed": 7}, "abc", tmp_path)
+    assert (t.name, t.method.c, t.method.beta, t.optim.lr, t.seed) == ("abc", 0.25, 1.5, 0.03, 7)
+    assert t.optim.weight_decay == spec.optim.weight_decay and t.storage.path == str(tmp_path)
+    assert trial_spec(spec, {"c": 0.5, "beta": 0.0}, "x", tmp_path).seed == spec.seed
+
+
+def test_the_objective_is_the_running_best_and_finite():
+    rows = [{"epoch": 1, "status": "ok", "val_gba": 0.4}, {"epoch": 2, "status": "ok", "val_gba": 0.6},
+            {"epoch": 3, "status": "ok", "val_gba": 0.5}]
+    assert epoch_metrics(rows[2], rows, "val_gba")["best_val_gba"] == 0.6
+    assert epoch_metrics(rows[0], rows[:1], "val_gba")["best_val_gba"] == 0.4
+    diverged = {"epoch": 1, "status": "diverged", "loss": math.nan, "val_groups": []}
+    out = epoch_metrics(diverged, [diverged], "val_gba")
+    assert out["best_val_gba"] == 0.0 and "val_groups" not in out
+
+
+def test_seed_statistics_in_numbers():
+    keys = {f"{s}_{m}": None for s in ("val", "test")
+            for m in ("gba", "wga", "avg", "weighted_avg", "class_balanced", "worst_class", "minority")}
+    runs = [{**keys, "trial_id": str(i), "seed": i + 1, "status": "completed", "best_epoch": 3,
+             "test_gba": g, "val_gba": g / 2} for i, g in enumerate([0.5, 0.6, 0.7])]
+    out = seed_statistics(runs)
+    assert out["seeds"] == [1, 2, 3]
+    assert out["mean"]["test_gba"] == pytest.approx(0.6)
+    assert out["std"]["test_gba"] == pytest.approx(math.sqrt(0.02 / 3))  # ddof 0
+    assert out["mean"]["val_gba"] == pytest.approx(0.3) and out["mean"]["test_wga"] is None
+
+
+def test_final_seeds_leave_out_the_searched_seed(tmp_path):
+    spec = spec_in(tmp_path, seed=5, search={"final_seeds": 3})
+    assert final_seeds(spec) == [6, 7, 8]
+
+
+def test_pick_best_and_no_usable_trial():
+    trials = [{"trial_id": "a", "status": "completed", "val_wga": 0.3, "reason": ""},
+              {"trial_id": "b", "status": "stopped", "val_wga": 0.5, "reason": ""},
+              {"trial_id": "c", "status": "error", "val_wga": None, "reason": "boom"},
+              {"trial_id": "d", "status": "diverged", "val_wga": None, "reason": "loss nan"}]
+    assert pick_best(trials, "val_wga")["trial_id"] == "b"
+    with pytest.raises(GerneError, match="no trial produced a finite val_wga.*boom"):
+        pick_best(trials[2:], "val_wga")
+
+
+def test_scheduler_is_asha_on_epochs_or_fifo(tmp_path):
+    asha = make_scheduler(spec_in(tmp_path, search={"grace_period": 2, "reduction_factor": 4}))
+    assert type(asha).__name__ == "AsyncHyperBandScheduler"
+    assert asha._time_attr == "epoch" and asha._metric == "best_val_gba" and asha._mode == "max"
+    assert type(make_scheduler(spec_in(tmp_path, search={"scheduler": "fifo"}))).__name__ == "FIFOScheduler"
+
+
+@pytest.mark.parametrize("metric", ["val_gba", "val_wga", "val_worst_class", "val_minority"])
+def test_searcher_is_seeded_and_inside_the_bounds(tmp_path, stats, metric):
+    """The real OptunaSearch: the same seed replays the same suggestions; each inside its bounds."""
+
+    def sequence(seed, folder):
+        folder.mkdir(parents=True)
+        spec = spec_in(tmp_path, seed=seed, search={"metric": metric, "space": {"c": [0.25, 0.5, 1.0]}})
+        searcher = make_searcher(spec, stats, folder)
+        out = []
+        for i in range(14):  # past TPE's 10 random start-up trials
+            config = searcher.suggest(f"t{i}")
+            groups.check_beta(stats, config["c"], config["beta"])
+            assert config["lambda"] == pytest.approx(groups.lambda_of(config["beta"], config["c"]))
+            out.append(config)
+            searcher.on_trial_complete(f"t{i}", {f"best_{metric}": -abs(config["beta"] - 0.5)})
+        assert (folder / "optuna.journal").is_file()
+        return out
+
+    first = sequence(0, tmp_path / "a")
+    assert first == sequence(0, tmp_path / "b")
+    assert first != sequence(1, tmp_path / "c")
+    assert [c["trial_number"] for c in first] == list(range(14))
+
+
+def test_tune_refuses_a_method_without_beta(tmp_path):
+    with pytest.raises(GerneError, match="method.name: a search varies beta"):
+        tune(spec_in(tmp_path, method={"name": "erm"}))
+
+
+# ---- real Tune experiments ---------------------------------------------------------------------
+
+
+def assert_selected_epochs(run_dir: Path, metric: str):
+    """Each trial's row holds its best epoch by the metric, with that epoch's test metrics."""
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    hist = pd.read_parquet(run_dir / "trial_histories.parquet")
+    for _, t in trials.iterrows():
+        rows = hist[hist.trial_id == t.trial_id].to_dict("records")
+        assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+        best = select_epoch(rows, metric)
+        if best is None:
+            assert t.status == "diverged" and t.best_epoch is None or math.isnan(t.best_epoch)
+            continue
+        assert t.best_epoch == best["epoch"] and t[metric] == best[metric]
+        assert t.test_gba == best["test_gba"] and t.test_wga == best["test_wga"]
+    return trials
+
+
+def test_search_with_asha_divergence_seeds_and_report(ray_cluster, tmp_path, stats, capsys):
+    # lr searched up to 1e4: some trials diverge, and the experiment goes on
+    spec = spec_in(tmp_path, search={
+        "num_samples": 6, "final_seeds": 2, "metric": "val_gba",
+        "space": {"c": [0.5, 1.0], "lr": [0.01, 1e4]},
+    })
+    result = tune(spec)
+    run_dir = spec.run_dir
+    out = capsys.readouterr().out
+    assert out.count("  trial ") == 6 and out.count("  seed ") == 2  # progress lines
+    trials = assert_selected_epochs(run_dir, "val_gba")
+    assert len(trials) == 6 and list(trials.trial_number) == list(range(6))
+    assert set(trials.status) <= {"completed", "stopped", "diverged"}
+    diverged = trials[trials.status == "diverged"]
+    assert len(diverged) >= 1 and diverged.reason.str.contains("loss became").all()
+    assert ((trials.status == "stopped") == (trials.epochs_run < 4)).all() or "diverged" in set(trials.status)
+    for _, t in trials.iterrows():  # every trial inside its bounds, lr inside its range
+        groups.check_beta(stats, t.c, t.beta)
+        assert t.beta <= groups.simplified_bounds(stats, t.c)[1] and 0.01 <= t.lr <= 1e4
+    # best.json: result.json's keys, the best trial's, and the seed statistics of 2 new seeds
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best == json.loads(json.dumps(best))  # plain JSON
+    healthy = trials[trials.status != "diverged"]
+    assert best["trial_id"] == healthy.loc[healthy.val_gba.idxmax(), "trial_id"]
+    assert best["val_gba"] == healthy.val_gba.max() and best["best_config"]["c"] == best["c"]
+    assert {"test_gba", "test_wga", "val_groups", "test_groups", "beta_bounds_exact", "config"} <= set(best)
+    final = best["final_seeds"]
+    assert final["seeds"] == [1, 2] and len(final["runs"]) == 2
+    assert final["mean"]["test_gba"] == pytest.approx(np.mean([r["test_gba"] for r in final["runs"]]))
+    assert final["std"]["test_gba"] == pytest.approx(np.std([r["test_gba"] for r in final["runs"]]))
+    assert best["search"]["trials"] == 6 and best["search"]["diverged"] == len(diverged)
+    assert result.config == best["best_config"] and len(result.trials) == 6
+    # the report, and `gerne-ray report` renders it again from the files alone
+    report = (run_dir / "report.md").read_text()
+    assert best["trial_id"] in report and "diverged" in report
+    pngs = [run_dir / "plots" / p for p in ("metric_vs_beta.png", "best_groups.png", "learning_curves.png")]
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        png.unlink()
+    (run_dir / "report.md").unlink()
+    assert cli.main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.md").read_text() == report and all(p.is_file() for p in pngs)
+    # a rerun of the same spec resumes the finished experiment: nothing trains again
+    again = tune(spec)
+    assert again.best == result.best
+
+
+def test_multi_worker_trials_drive_a_torch_trainer(ray_cluster, tmp_path):
+    spec = spec_in(tmp_path, name="workers", scaling={"num_workers": 2}, optim={"epochs": 2},
+                   search={"num_samples": 2, "max_concurrent": 1, "scheduler": "fifo"})
+    result = tune(spec)
+    trials = assert_selected_epochs(spec.run_dir, "val_gba")
+    assert list(trials.status) == ["completed", "completed"]
+    for trial_id in trials.trial_id:  # each trial's Train run, with its checkpoints
+        assert list((spec.run_dir / "train" / trial_id).glob("checkpoint_*"))
+    assert result.best["epochs_run"] == 2
+
+
+def journal_trials(run_dir: Path, name: str) -> list:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+def checkpoints_state(folder: Path) -> dict:
+    """The checkpoint files a trial's training wrote, with their modification times."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns
+            for p in folder.glob("checkpoint_*/*") if p.is_file()}
+
+
+def reported_epochs(folder: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (folder / "result.json").read_text().splitlines()]
+
+
+def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
+    import ray
+
+    spec = spec_in(tmp_path, name="killed", optim={"epochs": 6},
+                   search={"num_samples": 5, "max_concurrent": 1, "scheduler": "fifo"})
+    path = tmp_path / "killed.json"
+    path.write_text(json.dumps(spec.model_dump(mode="json")))
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
+    driver = subprocess.Popen([sys.executable, "-m", "gerne_ray.cli", "tune", str(path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in driver.stdout:  # kill the driver once two trials have finished ...
+            lines.append(line)
+            if "  trial   2/5" in line:
+                break
+        done = {line.split()[2] for line in lines if line.startswith("  trial ")}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # ... and a third has written a checkpoint
+            in_flight = [p for p in spec.run_dir.glob("*/checkpoint_*") if p.parent.name not in done]
+            if in_flight:
+                break
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait(timeout=60)
+    assert any("  trial   2/5" in line for line in lines), "".join(lines)[-3000:]
+    run_dir = spec.run_dir
+    finished = {t.number for t in journal_trials(run_dir, "killed")
+                if t.state == optuna.trial.TrialState.COMPLETE}
+    assert 2 <= len(finished) < 5 and not (run_dir / "trials.parquet").exists()
+    before = {p.name: checkpoints_state(p) for p in run_dir.iterdir()
+              if p.is_dir() and p.name not in ("train", "plots")}
+
+    result = cli.main(["resume", str(run_dir)])
+    assert result == 0
+    trials = assert_selected_epochs(run_dir, "val_gba")
+    assert len(trials) == 5 and set(trials.status) == {"completed"}
+    assert len(set(trials.trial_number)) == 5
+    # the searcher's state was kept: the Optuna study holds the 5 trials with the values Tune saw; a
+    # trial the driver had started but Tune had not recorded (killed in between) is marked failed
+    study = {t.number: t for t in journal_trials(run_dir, "killed")}
+    complete = {n for n, t in study.items() if t.state == optuna.trial.TrialState.COMPLETE}
+    assert complete == set(trials.trial_number) and finished <= complete
+    others = [t.state for n, t in study.items() if n not in complete]
+    assert others in ([], [optuna.trial.TrialState.FAIL])
+    for _, t in trials.iterrows():
+        assert study[t.trial_number].params["lambda"] == pytest.approx(t["lambda"])
+        assert study[t.trial_number].value == pytest.approx(t.val_gba)
+    # no finished trial ran twice: the checkpoints of trials finished before the kill are untouched
+    # (Tune may restore one it had not yet recorded as finished: it loads the last checkpoint and
+    # trains nothing) and no epoch of theirs was reported twice
+    numbers = dict(zip(trials.trial_id, trials.trial_number, strict=True))
+    done_before = [tid for tid in before if numbers.get(tid) in finished]
+    assert len(done_before) >= 2
+    for tid in done_before:
+        assert len(before[tid]) > 0 and checkpoints_state(run_dir / tid) == before[tid], tid
+        assert reported_epochs(run_dir / tid) == list(range(1, 7)), tid
+    # the trial killed mid-way resumed from its checkpoint rather than from epoch 1 (or, when Tune had
+    # not recorded it, was replaced by a new suggestion: the 5 trials are then the others)
+    assert in_flight
+    resumed = in_flight[0].parent
+    if resumed.name in numbers:
+        assert numbers[resumed.name] not in finished and reported_epochs(resumed).count(1) == 1
+    else:
+        assert study[max(study)].number > 4 and len(others) == 1
+
+
+def test_report_of_an_unfinished_folder_says_what_is_missing(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "trials.parquet" in err and "gerne-ray resume" in err and "Traceback" not in err
+
+
+def test_resume_needs_a_run_folder(tmp_path, capsys):
+    assert cli.main(["resume", str(tmp_path / "nothing")]) == 2
+    assert "no spec.json" in capsys.readouterr().err
+
+
+
+def test_demo_compares_baselines_with_tuned_gerne_on_the_same_seeds(ray_cluster, tmp_path, capsys):
+    assert cli.main(["demo", "--seeds", "2", "--trials", "2", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("erm ", "resample ", "gerne c="))]
+    assert [r[0] for r in rows] == ["erm", "resample", "gerne"] and "seeds [1, 2]" in out
+    best = json.loads((tmp_path / "demo" / "best.json").read_text())
+    assert best["final_seeds"]["seeds"] == [1, 2] and best["search"]["trials"] == 2
+    erm = [json.loads((tmp_path / f"demo-erm-s{s}" / "result.json").read_text()) for s in (1, 2)]
+    assert float(rows[0][1]) == pytest.approx(100 * np.mean([r["test_gba"] for r in erm]), abs=0.01)
+    gerne_gba = 100 * best["final_seeds"]["mean"]["test_gba"]
+    assert float(rows[2][3]) == pytest.approx(gerne_gba, abs=0.01)
