@@ -1,4 +1,4 @@
-"""The gerne-ray command: validate, bounds, train, tune, resume, report, demo."""
+"""The gerne-ray command: validate, bounds, train, tune, submit, resume, report, demo."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for key in ("val_gba", "val_wga", "test_gba", "test_wga", "test_avg"):
         if result[key] is not None:
             print(f"  {key:10s} {100 * result[key]:6.2f}")
-    print(f"results in {spec.run_dir}/ (result.json, history.parquet)")
+    print(f"results in {spec.folder.location}/ (result.json, history.parquet)")
     return 0
 
 
@@ -112,15 +112,32 @@ def print_tune_result(result) -> None:
         for key in ("test_gba", "test_wga"):
             if final["mean"][key] is not None:
                 print(f"  {key:10s} {100 * final['mean'][key]:6.2f} +- {100 * final['std'][key]:5.2f}")
-    print(f"results in {result.run_dir}/ (report.md, best.json, trials.parquet, plots/)")
+    print(f"results in {result.location}/ (report.md, best.json, trials.parquet, plots/)")
+
+
+def _spec_arg(spec: str) -> str | dict:
+    """A spec path, or `env:NAME`: the JSON spec a submitted job carries in that variable."""
+    if spec.startswith("env:"):
+        from gerne_ray.submit import spec_from_env
+
+        return spec_from_env(spec.removeprefix("env:"))
+    return spec
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Search beta (and c, lr, weight decay) with Ray Tune + Optuna."""
     from gerne_ray.tuning import tune
 
-    print_tune_result(tune(args.spec, args.set))
+    print_tune_result(tune(_spec_arg(args.spec), args.set))
     return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit `gerne-ray tune SPEC` to a Ray cluster as a job."""
+    from gerne_ray.submit import submit
+
+    _, status = submit(args.spec, args.address, args.wait, args.set, args.working_dir)
+    return 0 if status in (None, "SUCCEEDED") else 1
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -133,9 +150,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Render report.md and the plots of a finished search again."""
-    from gerne_ray.report import write_report
+    from gerne_ray.report import TABLES, write_report
+    from gerne_ray.storage import RunFolder
 
-    print(write_report(args.run_dir))
+    folder = RunFolder.at(args.run_dir)
+    folder.pull(*TABLES)
+    path = write_report(folder.local)
+    folder.push("report.md", "plots")
+    print(path if not folder.remote else f"{folder.location}/report.md")
     return 0
 
 
@@ -171,9 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="search beta inside its bounds with Ray Tune + Optuna")
-    p.add_argument("spec")
+    p.add_argument("spec", help="a spec file, or env:NAME (JSON in that environment variable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("submit", help="submit a search to a Ray cluster (its job API)")
+    p.add_argument("spec")
+    p.add_argument("--address", default=None,
+                   help="the cluster's job API, http://<head>:8265 (default: RAY_ADDRESS)")
+    p.add_argument("--wait", action="store_true", help="follow the job's logs; exit with its status")
+    p.add_argument("--working-dir", default=".", help="folder uploaded with the job (default: .)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("resume", help="continue an interrupted search: gerne-ray resume RUN_DIR")
     p.add_argument("run_dir", help="the search's run folder, <storage.path>/<name>")

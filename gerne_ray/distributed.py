@@ -138,11 +138,13 @@ def fit_distributed(spec: JobSpec, prepared: Prepared, callbacks: list | None = 
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "prepared": ray.put(prepared)},
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                     resources_per_worker=per_worker),
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=per_worker,
+            placement_strategy=s.placement_strategy,
+        ),
         run_config=RunConfig(
             name=spec.name,
-            storage_path=str(Path(spec.storage.path).absolute()),
+            storage_path=spec.folder.ray_storage,
             failure_config=FailureConfig(max_failures=s.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level="WARNING"),

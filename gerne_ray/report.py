@@ -17,6 +17,7 @@ from gerne_ray import results
 from gerne_ray.errors import GerneError
 
 PLOTS = ("metric_vs_beta.png", "best_groups.png", "learning_curves.png")
+TABLES = ("trials.parquet", "trial_histories.parquet", "best.json")
 STATUS_MARKERS = {"completed": "o", "stopped": "v", "diverged": "x", "error": "s"}
 
 
@@ -28,16 +29,22 @@ def _pct(value) -> str:
 
 def load_run(run_dir: Path) -> tuple[list[dict], list[dict], dict]:
     """trials.parquet, trial_histories.parquet and best.json of a run folder."""
-    files = ("trials.parquet", "trial_histories.parquet", "best.json")
-    missing = [f for f in files if not (run_dir / f).is_file()]
+    missing = [f for f in TABLES if not (run_dir / f).is_file()]
     if missing:
         raise GerneError(
             f"{run_dir}: {', '.join(missing)} missing; pass the folder of a finished `gerne-ray tune` "
             "(resume an unfinished one with `gerne-ray resume`)"
         )
-    trials = pq.read_table(run_dir / "trials.parquet").to_pylist()
-    histories = pq.read_table(run_dir / "trial_histories.parquet").to_pylist()
-    return trials, histories, results.read_json(run_dir / "best.json")
+    try:
+        trials = pq.read_table(run_dir / "trials.parquet").to_pylist()
+        histories = pq.read_table(run_dir / "trial_histories.parquet").to_pylist()
+        best = results.read_json(run_dir / "best.json")
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise GerneError(
+            f"{run_dir}: cannot read its tables ({first}); rerun the search with `gerne-ray resume {run_dir}`"
+        ) from None
+    return trials, histories, best
 
 
 def _save(fig, path: Path) -> None:

@@ -29,7 +29,9 @@ def lambda_range(stats: groups.GroupStats, bounds: str, margin: float) -> tuple[
     if not math.isfinite(hi):
         raise GerneError(
             "search: every class of the training split is group-balanced (or has one group), so beta "
-            "has no bounds and GERNE equals ERM in expectation; there is nothing to search"
+            "has no bounds and GERNE equals ERM in expectation; there is nothing to search: train one "
+            "configuration with `gerne-ray train`, or use data with bias-conflicting training samples "
+            "(data.conflict_ratio > 0)"
         )
     lo = 0.0
     if bounds == "exact":

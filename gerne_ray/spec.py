@@ -28,7 +28,7 @@ Positive = Annotated[float, Field(gt=0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataSpec(_Strict):
@@ -38,7 +38,7 @@ class DataSpec(_Strict):
     root: str | None = None
     conflict_ratio: float = Field(0.02, ge=0, lt=1)
     attributes: Literal["known"] = "known"
-    seed: int = Field(0, description="seed of generated data; fixed across training seeds")
+    seed: int = Field(0, ge=0, description="seed of generated data; fixed across training seeds")
 
     @field_validator("dataset")
     @classmethod
@@ -140,24 +140,35 @@ class ScalingSpec(_Strict):
     cpus_per_worker: Positive = 1.0
     gpus_per_worker: float | None = Field(None, ge=0)
     max_failures: int = Field(0, ge=0, description="worker-group restarts from the last checkpoint")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray's placement of the workers: SPREAD and STRICT_SPREAD use several nodes"
+    )
 
     @property
     def distributed(self) -> bool:
         """Whether a run needs Ray Train (more than one worker, or a GPU) rather than in-process."""
         return self.num_workers > 1 or self.use_gpu
 
+    @property
+    def multi_node(self) -> bool:
+        """Whether the job asks for its workers on more than one node."""
+        return self.num_workers > 1 and self.placement_strategy in ("SPREAD", "STRICT_SPREAD")
+
 
 class StorageSpec(_Strict):
-    """Where runs are written: `<path>/<name>/`."""
+    """Where runs are written: `<path>/<name>/`, a local folder or a URI (s3://, gs://, file://, ...)."""
 
-    path: str = "runs"
+    path: str = Field("runs", min_length=1)
+    shared: bool = Field(
+        False, description="the local path is on a file system every node of the cluster mounts (NFS)"
+    )
 
 
 class JobSpec(_Strict):
     """A whole job: data, model, method, optimiser, search, scaling and storage."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     method: MethodSpec = Field(default_factory=MethodSpec)
@@ -166,10 +177,28 @@ class JobSpec(_Strict):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
 
+    @model_validator(mode="after")
+    def _storage_reaches_every_node(self) -> JobSpec:
+        if self.scaling.multi_node and "://" not in self.storage.path and not self.storage.shared:
+            raise ValueError(
+                f"storage.path: {self.storage.path!r} is a local folder, but scaling.placement_strategy "
+                f"{self.scaling.placement_strategy} puts workers on other nodes, which could not write "
+                "there; use a URI every node reaches (s3://bucket/runs, gs://...) or, for a file system "
+                "every node mounts at that path, set storage.shared: true"
+            )
+        return self
+
+    @property
+    def folder(self):
+        """This job's run folder, `<storage.path>/<name>` (gerne_ray.storage.RunFolder)."""
+        from gerne_ray.storage import RunFolder
+
+        return RunFolder(self.storage.path, self.name)
+
     @property
     def run_dir(self) -> Path:
-        """The folder this job's results go to."""
-        return Path(self.storage.path) / self.name
+        """The local folder holding this job's files (the run folder, or its mirror for a URI)."""
+        return self.folder.local
 
 
 SpecLike = JobSpec | dict | str | Path
@@ -178,6 +207,8 @@ SpecLike = JobSpec | dict | str | Path
 def read_spec_file(path: str | Path) -> dict:
     """Read a YAML or JSON spec file into a dict, with one-line errors naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise GerneError(f"spec {path}: is a folder; pass the path of a YAML job spec file (see jobs/)")
     if not path.is_file():
         raise GerneError(f"spec {path}: no such file; pass the path of a YAML job spec (see jobs/)")
     size = path.stat().st_size
@@ -192,7 +223,11 @@ def read_spec_file(path: str | Path) -> dict:
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        raise GerneError(f"spec {path}: not valid YAML/JSON{line}; fix the syntax") from err
+        raise GerneError(f"spec {path}: not valid YAML/JSON{line}; fix the syntax") from None
+    except RecursionError:
+        raise GerneError(
+            f"spec {path}: nested too deeply to be a job spec; fix its brackets or indentation"
+        ) from None
     if raw is None:
         raise GerneError(f"spec {path}: the file is empty; write a job spec (see jobs/demo.yaml)")
     if not isinstance(raw, dict):
@@ -233,6 +268,8 @@ def load_spec(spec: SpecLike, overrides: list[str] | None = None) -> JobSpec:
         raw = spec.model_dump(mode="json")
     elif isinstance(spec, dict):
         raw = spec
+    elif not isinstance(spec, str | Path):
+        raise GerneError(f"spec: a {type(spec).__name__} is not a job spec; pass a path, a dict or a JobSpec")
     else:
         source = f"spec {spec}"
         raw = read_spec_file(spec)
@@ -257,10 +294,25 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 def describe_validation_error(err: ValidationError) -> str:
     """One line per problem, joined: the field's dotted path, what is wrong, how to fix it."""
     parts = []
-    for e in err.errors():
+    errors = []
+    for e in err.errors():  # drop pydantic's union-branch tags (list[...], function-after[...]) from paths
+        errors.append({**e, "loc": tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))})
+    ours = {e["loc"] for e in errors if e["type"] == "value_error"}
+    seen = set()
+    for e in errors:
         loc = tuple(e["loc"])
+        if loc in ours and e["type"] != "value_error":
+            continue  # a union's other branch failing too: our own message says what is wrong
+        if any(len(o["loc"]) > len(loc) and o["loc"][: len(loc)] == loc for o in errors):
+            continue  # another union branch: the errors inside this field say more
+        key = (loc, e["msg"])
+        if key in seen:
+            continue
+        seen.add(key)
         field = ".".join(str(p) for p in loc) or "(top level)"
-        if e["type"] == "extra_forbidden":
+        if not loc and e["type"] == "value_error":  # a check across sections: its message names the field
+            parts.append(e["msg"].removeprefix("Value error, "))
+        elif e["type"] == "extra_forbidden":
             parent = _model_at(loc[:-1])
             allowed = ", ".join(parent.model_fields) if parent else "see the spec reference"
             parts.append(f"{field}: unknown key; remove it or use one of: {allowed}")

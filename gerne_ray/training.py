@@ -48,10 +48,12 @@ DIAGNOSTIC_KEYS = ("grad_norm_b", "grad_norm_lb", "grad_cosine")
 class WorkerContext:
     """One in-process worker: no collectives; checkpoints go to `checkpoint_dir` when given."""
 
-    def __init__(self, device: torch.device | None = None, checkpoint_dir: Path | None = None) -> None:
+    def __init__(self, device: torch.device | None = None, checkpoint_dir: Path | None = None,
+                 after_save: Callable[[], None] | None = None) -> None:
         self.rank, self.world_size = 0, 1
         self.device = device or torch.device("cpu")
         self.checkpoint_dir = checkpoint_dir
+        self.after_save = after_save
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Move the model to this worker's device (Ray Train also wraps it in DDP)."""
@@ -74,6 +76,8 @@ class WorkerContext:
         """Record one finished epoch: its history row and the state to resume from."""
         if self.checkpoint_dir is not None:
             save_state(self.checkpoint_dir / CHECKPOINT_FILE, state)
+            if self.after_save is not None:
+                self.after_save()
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -83,7 +87,14 @@ def save_state(path: Path, state: dict) -> None:
 
 def load_state(path: Path) -> dict:
     """Read a checkpoint state (tensors and plain Python values only: weights_only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged or foreign file
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise GerneError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {first}); delete it to restart "
+            "the run from epoch 1, or give this job another name"
+        ) from None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -116,6 +127,8 @@ def prepare(spec: JobSpec, dataset: GroupedDataset | None = None, check_beta: bo
     """
     rank_share(spec.optim.batch_size_per_class, 0, spec.scaling.num_workers)  # B >= W, before any worker
     dataset = dataset if dataset is not None else load_dataset(spec.data)
+    # the architecture must fit the data: fail here, before a run folder or a worker exists
+    build_model(spec.model.arch, dataset.input_shape, dataset.num_classes, False, spec.model.hidden)
     stats = training_stats(dataset)
     if check_beta and spec.method.name in ("gerne", "reweight"):
         groups.check_beta(stats, spec.method.c, spec.method.beta)
@@ -365,19 +378,40 @@ def claim_run_dir(spec: JobSpec) -> None:
 
     A rerun of the same spec (optim.epochs may grow) resumes the run from its latest checkpoint.
     """
-    path = spec.run_dir / "spec.json"
+    folder = spec.folder
+    folder.pull("spec.json")
+    path = folder.local / "spec.json"
     mine = spec.model_dump(mode="json")
     if path.is_file():
-        theirs = results.read_json(path)
+        fix = f"give this job another name, or move the folder {folder.location} away"
+        theirs = read_spec_json(path, fix)
+        if theirs == mine:
+            return  # the same run again: nothing to write
+        try:  # written by an older version: compare with its defaults filled in as today's
+            theirs = JobSpec.model_validate(theirs).model_dump(mode="json")
+        except ValueError:
+            pass
         differ = [k for k in _flat_keys(mine) | _flat_keys(theirs)
                   if k != "optim.epochs" and _get(mine, k) != _get(theirs, k)]
         if differ:
             raise GerneError(
-                f"storage.path: the run folder {spec.run_dir} holds a run of another configuration "
+                f"storage.path: the run folder {folder.location} holds a run of another configuration "
                 f"(it differs in {', '.join(sorted(differ))}); give this job another name, or move that "
                 "folder away to start over"
             )
     results.write_json(path, mine)
+    folder.push("spec.json")
+
+
+def read_spec_json(path: Path, fix: str) -> dict:
+    """A run folder's spec.json as a dict, or one line saying it cannot be read and `fix`."""
+    try:
+        raw = results.read_json(path)
+    except (OSError, ValueError) as err:
+        raise GerneError(f"{path}: not a readable spec.json ({str(err)[:200]}); {fix}") from None
+    if not isinstance(raw, dict):
+        raise GerneError(f"{path}: not a job spec (a {type(raw).__name__}, not a mapping); {fix}")
+    return raw
 
 
 def _flat_keys(d: dict, prefix: str = "") -> set[str]:
@@ -403,15 +437,23 @@ def train(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDa
     """
     spec = load_spec(spec, overrides)
     prepared = prepare(spec, dataset)
-    run_dir = spec.run_dir
+    if spec.scaling.distributed:  # the cluster must fit the workers before anything is written
+        from gerne_ray.distributed import ensure_ray
+
+        ensure_ray(spec)
+    folder = spec.folder
+    folder.check_writable()
     claim_run_dir(spec)
     if spec.scaling.distributed:
         from gerne_ray.distributed import fit_distributed
 
         history = fit_distributed(spec, prepared)
     else:
-        history = train_loop(spec, prepared, WorkerContext(checkpoint_dir=run_dir))
+        folder.pull(CHECKPOINT_FILE)
+        ctx = WorkerContext(checkpoint_dir=folder.local, after_save=lambda: folder.push(CHECKPOINT_FILE))
+        history = train_loop(spec, prepared, ctx)
     result = summarize(spec, prepared, history)
-    results.write_rows_parquet(run_dir / "history.parquet", history_rows(history))
-    results.write_json(run_dir / "result.json", result)
+    results.write_rows_parquet(folder.local / "history.parquet", history_rows(history))
+    results.write_json(folder.local / "result.json", result)
+    folder.push("history.parquet", "result.json")
     return result

@@ -45,6 +45,7 @@ from gerne_ray.data.base import GroupedDataset
 from gerne_ray.distributed import ensure_ray, read_checkpoint, user_error
 from gerne_ray.errors import GerneError
 from gerne_ray.spec import JobSpec, SpecLike, load_spec
+from gerne_ray.storage import RunFolder
 from gerne_ray.training import (
     CHECKPOINT_FILE,
     EVAL_SPLITS,
@@ -54,6 +55,7 @@ from gerne_ray.training import (
     epoch_metrics,
     objective_key,
     prepare,
+    read_spec_json,
     save_state,
     summarize,
     train_loop,
@@ -65,6 +67,7 @@ CONFIG_KEYS = ("c", "beta", "lambda", "lr", "weight_decay", "seed")
 RAY_LOGGERS = ("ray.train", "ray.tune")  # their INFO lines ("Checkpoint successfully created") every epoch
 FINAL_DIR = "final"
 JOURNAL_FILE = "optuna.journal"
+OUTPUT_FILES = ("trials.parquet", "trial_histories.parquet", "best.json", "report.md", "plots", JOURNAL_FILE)
 
 
 @dataclass
@@ -73,7 +76,8 @@ class TuneResult:
 
     best: dict
     trials: object  # pandas.DataFrame, one row per trial (trials.parquet)
-    run_dir: Path
+    run_dir: Path  # the local folder with the files (for a URI storage: its local mirror)
+    location: str  # the run folder: a path or a URI
 
     @property
     def config(self) -> dict:
@@ -103,7 +107,7 @@ class TuneTrialContext(WorkerContext):
                             checkpoint=ray_tune.Checkpoint.from_directory(folder))
 
 
-def trial_spec(spec: JobSpec, config: dict, name: str, storage: Path) -> JobSpec:
+def trial_spec(spec: JobSpec, config: dict, name: str, storage: str | Path) -> JobSpec:
     """The job spec of one trial: the searched values set, named after the trial."""
     raw = spec.model_dump(mode="json")
     raw["name"] = name
@@ -121,8 +125,7 @@ def run_trial(config: dict, job: dict, prepared: Prepared) -> None:
     """Tune's trainable: train one configuration, in-process or on Ray Train workers."""
     spec = JobSpec.model_validate(job)
     context = ray_tune.get_context()
-    storage = Path(job["storage"]["path"]) / spec.name / "train"
-    tspec = trial_spec(spec, config, context.get_trial_id(), storage)
+    tspec = trial_spec(spec, config, context.get_trial_id(), f"{spec.folder.location}/train")
     if tspec.scaling.distributed:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -212,9 +215,9 @@ def make_scheduler(spec: JobSpec):
     )
 
 
-def _trainable(spec: JobSpec, prepared: Prepared, storage: Path):
+def _trainable(spec: JobSpec, prepared: Prepared):
     job = spec.model_dump(mode="json")
-    job["storage"]["path"] = str(storage)
+    job["storage"]["path"] = spec.folder.ray_storage  # absolute: trials run in other working directories
     s = spec.scaling
     # A multi-worker trial only drives its TorchTrainer: its workers hold the CPUs, it needs almost none.
     resources = {"cpu": 0.01} if s.distributed else {"cpu": s.cpus_per_worker}
@@ -252,29 +255,43 @@ class Progress(Callback):
         self._line(trials, trial, "error")
 
 
-def _fit(tuner_args: dict, path: Path, trainable):
-    """Resume the Tune experiment at path if it has state, else start it."""
-    if not ray_tune.Tuner.can_restore(str(path)):
+class PushFiles(Callback):
+    """Copies the run's local files (the Optuna journal) to remote storage as trials finish."""
+
+    def __init__(self, folder: RunFolder, *names: str) -> None:
+        self.folder, self.names = folder, names
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        """A trial finished: its result is in the journal."""
+        self.folder.push(*self.names)
+
+    on_trial_error = on_trial_complete
+
+
+def _fit(tuner_args: dict, location: str, folder: RunFolder, trainable):
+    """Resume the Tune experiment at location if it has state, else start it."""
+    if not ray_tune.Tuner.can_restore(location):
         return ray_tune.Tuner(trainable, **tuner_args).fit()
-    log.warning("resuming the experiment in %s", path)
-    _restoring["run_dir"] = path
+    log.warning("resuming the experiment in %s", location)
+    _restoring["run_dir"] = folder.local
     try:
-        tuner = ray_tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = ray_tune.Tuner.restore(location, trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit()
     finally:
         _restoring.clear()
 
 
-def search(spec: JobSpec, prepared: Prepared, run_dir: Path):
+def search(spec: JobSpec, prepared: Prepared, folder: RunFolder):
     """Run (or resume) the search experiment; return Tune's ResultGrid."""
     s = spec.search
-    journal = run_dir / JOURNAL_FILE
-    if journal.exists() and not ray_tune.Tuner.can_restore(str(run_dir)):
+    folder.pull(JOURNAL_FILE)
+    journal = folder.local / JOURNAL_FILE
+    if journal.exists() and not ray_tune.Tuner.can_restore(folder.location):
         # killed before Tune saved any state: nothing of it can be resumed; keep the file, start anew
-        journal.rename(run_dir / f"{JOURNAL_FILE}.stale-{int(time.time())}")
+        journal.rename(folder.local / f"{JOURNAL_FILE}.stale-{int(time.time())}")
     args = {
         "tune_config": ray_tune.TuneConfig(
-            search_alg=make_searcher(spec, prepared.stats, run_dir),
+            search_alg=make_searcher(spec, prepared.stats, folder.local),
             scheduler=make_scheduler(spec),
             num_samples=s.num_samples,
             max_concurrent_trials=s.max_concurrent,
@@ -282,13 +299,14 @@ def search(spec: JobSpec, prepared: Prepared, run_dir: Path):
         ),
         "run_config": ray_tune.RunConfig(
             name=spec.name,
-            storage_path=str(run_dir.parent),
+            storage_path=folder.ray_storage,
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[Progress("trial", s.num_samples, s.metric, spec.optim.epochs)],
+            callbacks=[Progress("trial", s.num_samples, s.metric, spec.optim.epochs),
+                       PushFiles(folder, JOURNAL_FILE)],
             verbose=0,
         ),
     }
-    return _fit(args, run_dir, _trainable(spec, prepared, run_dir.parent))
+    return _fit(args, folder.location, folder, _trainable(spec, prepared))
 
 
 def final_seeds(spec: JobSpec) -> list[int]:
@@ -296,33 +314,33 @@ def final_seeds(spec: JobSpec) -> list[int]:
     return [spec.seed + 1 + i for i in range(spec.search.final_seeds)]
 
 
-def run_final(spec: JobSpec, prepared: Prepared, run_dir: Path, config: dict):
-    """Train the best configuration with each final seed (a grid experiment in run_dir/final)."""
+def run_final(spec: JobSpec, prepared: Prepared, folder: RunFolder, config: dict):
+    """Train the best configuration with each final seed (a grid experiment in <run>/final)."""
     seeds = final_seeds(spec)
     fixed = {k: config[k] for k in CONFIG_KEYS if k in config and k != "seed"}
     args = {
         "param_space": {**fixed, "seed": ray_tune.grid_search(seeds)},
         "tune_config": ray_tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent,
-                                       trial_dirname_creator=trial_dirname),
+                                           trial_dirname_creator=trial_dirname),
         "run_config": ray_tune.RunConfig(
             name=FINAL_DIR,
-            storage_path=str(run_dir),
+            storage_path=folder.location,
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
             callbacks=[Progress("seed", len(seeds), spec.search.metric, spec.optim.epochs)],
             verbose=0,
         ),
     }
-    return _fit(args, run_dir / FINAL_DIR, _trainable(spec, prepared, run_dir.parent))
+    return _fit(args, f"{folder.location}/{FINAL_DIR}", folder, _trainable(spec, prepared))
 
 
-def trial_history(result) -> list[dict]:
+def trial_history(result, folder: RunFolder) -> list[dict]:
     """A trial's history: from its Tune checkpoint (in-process) or its Train checkpoint (workers)."""
     from ray.train import Checkpoint
 
     checkpoint = result.checkpoint
     path = (result.metrics or {}).get("checkpoint_path")
-    if checkpoint is None and path:
-        checkpoint = Checkpoint(path)
+    if checkpoint is None and path:  # a path on the storage's file system
+        checkpoint = Checkpoint(path, filesystem=folder.fs) if folder.remote else Checkpoint(path)
     return [] if checkpoint is None else list(read_checkpoint(checkpoint)["history"])
 
 
@@ -334,14 +352,14 @@ def _first_line(error: BaseException | None) -> str:
     return (text.splitlines() or [type(error).__name__])[-1 if cause is None else 0][:500]
 
 
-def collect(spec: JobSpec, prepared: Prepared, grid, run_dir: Path, stage: str) -> list[dict]:
+def collect(spec: JobSpec, prepared: Prepared, grid, folder: RunFolder, stage: str) -> list[dict]:
     """One summary per trial (result.json's keys plus trial_id, config and status), in trial order."""
     trials = []
     for result in grid:
         trial_id = Path(result.path).name
         config = {k: result.config[k] for k in CONFIG_KEYS if k in result.config}
-        tspec = trial_spec(spec, config, trial_id, run_dir / "train")
-        history = trial_history(result)
+        tspec = trial_spec(spec, config, trial_id, f"{folder.location}/train")
+        history = trial_history(result, folder)
         summary = summarize(tspec, prepared, history)
         status, reason = summary["status"], summary["reason"]
         if result.error is not None:
@@ -442,37 +460,42 @@ def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDat
     prepared = prepare(spec, dataset, check_beta=False)
     space.lambda_range(prepared.stats, spec.search.bounds, spec.search.margin)
     if run_dir is not None:  # resume a folder that may have moved: its name and parent rule
-        run_dir = Path(run_dir)
-        spec = load_spec(spec, [f"name={run_dir.name}", f"storage.path={run_dir.parent}"])
-    claim_run_dir(spec)
-    run_dir = spec.run_dir.absolute()
+        moved = RunFolder.at(run_dir)
+        spec = load_spec(spec, [f"name={moved.name}", f"storage.path={moved.storage}"])
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune tables: Progress prints a line per trial
-    ensure_ray(spec)
+    ensure_ray(spec)  # the cluster must fit a trial before anything is written
+    folder = spec.folder
+    folder.check_writable()
+    claim_run_dir(spec)
+    run_dir = folder.local
     print(f"gerne-ray tune {spec.name}: {spec.search.num_samples} trials of {spec.method.name} on "
-          f"{spec.data.dataset}, maximising {spec.search.metric}; results in {run_dir}", flush=True)
-    trials = collect(spec, prepared, search(spec, prepared, run_dir), run_dir, "search")
+          f"{spec.data.dataset}, maximising {spec.search.metric}; results in {folder.location}", flush=True)
+    trials = collect(spec, prepared, search(spec, prepared, folder), folder, "search")
     best = pick_best(trials, spec.search.metric)
     final: list[dict] = []
     if spec.search.final_seeds:
-        final = collect(spec, prepared, run_final(spec, prepared, run_dir, best), run_dir, "final")
+        final = collect(spec, prepared, run_final(spec, prepared, folder, best), folder, "final")
     summary = best_summary(spec, best, trials, final)
     rows = trial_rows(trials)
     results.write_rows_parquet(run_dir / "trials.parquet", rows)
     results.write_rows_parquet(run_dir / "trial_histories.parquet", history_table(trials + final))
     results.write_json(run_dir / "best.json", summary)
     report.write_report(run_dir)
-    return TuneResult(best=summary, trials=pd.DataFrame(rows), run_dir=run_dir)
+    folder.push(*OUTPUT_FILES)
+    return TuneResult(best=summary, trials=pd.DataFrame(rows), run_dir=run_dir, location=folder.location)
 
 
 def resume(run_dir: str | Path) -> TuneResult:
-    """Continue the search in run_dir (from its spec.json) where it stopped."""
-    run_dir = Path(run_dir)
-    spec_file = run_dir / "spec.json"
+    """Continue the search in run_dir (a path or URI, from its spec.json) where it stopped."""
+    folder = RunFolder.at(run_dir)
+    folder.pull("spec.json")
+    spec_file = folder.local / "spec.json"
     if not spec_file.is_file():
         raise GerneError(f"{run_dir}: no spec.json here; pass the run folder a `gerne-ray tune` created "
                          "(<storage.path>/<name>)")
-    return tune(results.read_json(spec_file), run_dir=run_dir)
+    raw = read_spec_json(spec_file, "restore it, or rerun `gerne-ray tune SPEC` on the original spec")
+    return tune(raw, run_dir=run_dir)
 
 
 __all__ = ["tune", "resume", "TuneResult", "run_trial", "trial_spec", "final_seeds", "seed_statistics"]

@@ -82,12 +82,13 @@ BAD_SPECS = [
 
 @pytest.mark.parametrize(("raw", "field"), BAD_SPECS, ids=[f for _, f in BAD_SPECS])
 def test_bad_specs_exit_nonzero_with_one_line(tmp_path, capsys, raw, field):
-    path = _write(tmp_path, raw)
+    path = _write(tmp_path, {**raw, "storage": {"path": str(tmp_path / "runs")}})
     command = "train" if raw.get("model", {}).get("arch") == "cnn" else "validate"
     assert main([command, str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gerne-ray: error:") and "\n" not in err
     assert field in err
+    assert not (tmp_path / "runs").exists()  # refused before any run folder was made
 
 
 def test_a_real_process_prints_no_traceback(tmp_path):

@@ -30,7 +30,7 @@ def test_defaults_and_contract_keys():
     assert spec.method.name == "gerne" and 0 < spec.method.c <= 1
     assert spec.optim.optimizer == "sgd" and spec.search.metric == "val_gba"
     assert spec.scaling.num_workers == 1 and spec.storage.path == "runs"
-    assert spec.run_dir == Path("runs") / "x"
+    assert spec.run_dir == Path("runs").absolute() / "x" and spec.folder.location == str(spec.run_dir)
 
 
 def test_overrides_parse_values_as_yaml(tmp_path):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gerne_ray.data.base import TEST, TRAIN, VAL, GroupedDataset
+from gerne_ray.errors import GerneError
 
 if TYPE_CHECKING:
     from gerne_ray.spec import DataSpec
@@ -17,6 +19,11 @@ def load_dataset(data: DataSpec) -> GroupedDataset:
     """The dataset a `data` spec names, built by its registered loader."""
     from gerne_ray.data.registry import get_loader
 
+    if data.root is not None and not Path(data.root).is_dir():
+        raise GerneError(
+            f"data.root: {data.root} is not an existing folder; point data.root at the dataset's folder, "
+            "or remove data.root (generated datasets read no files)"
+        )
     loader = get_loader(data.dataset)
     offered = {"root": data.root, "conflict_ratio": data.conflict_ratio, "seed": data.seed}
     accepted = inspect.signature(loader).parameters
