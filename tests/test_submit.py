@@ -7,6 +7,7 @@ machine is touched.
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -54,9 +55,12 @@ def head_node():
     ports = free_ports(9)
     gcs, dash, client, agent_grpc, agent_http, node_manager, object_manager, metrics, runtime_env = ports
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0",
+    token = Path(temp) / "token"  # this cluster's own token: ~/.ray is left alone
+    token.write_text(secrets.token_hex(32))
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    env.pop("RAY_ADDRESS", None)
+    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):
+        env.pop(name, None)
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
@@ -98,12 +102,10 @@ def test_gerne_ray_submit_waits_for_a_real_job(head_node, tmp_path):
     assert "best trial" in proc.stdout  # the job's logs, followed
     best, statuses = results_of(storage / "submitted")
     assert best["name"] == "submitted" and len(statuses) == 2
-    token = Path.home().joinpath(".ray", "auth_token")
-    if token.is_file():  # the token never appears in what we print or write
-        secret = token.read_text().strip()
-        assert secret not in proc.stdout + proc.stderr
-        written = (storage / "submitted").rglob("*.json")
-        assert all(secret not in p.read_text(errors="ignore") for p in written)
+    secret = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()  # never in what we print or write
+    assert secret not in proc.stdout + proc.stderr
+    written = [p for p in (storage / "submitted").rglob("*") if p.is_file()]
+    assert written and all(secret.encode() not in p.read_bytes() for p in written)
 
 
 def test_ray_job_submit_runs_the_tune_command(head_node, tmp_path):
@@ -123,6 +125,7 @@ def test_ray_job_submit_runs_the_tune_command(head_node, tmp_path):
 def test_a_job_without_the_token_is_refused(head_node, tmp_path, capsys):
     address, env = head_node
     no_token = dict(env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="not-the-token")
+    no_token.pop("RAY_AUTH_TOKEN_PATH")
     proc = subprocess.run(
         [str(BIN / "gerne-ray"), "submit", "jobs/quick_search.yaml", "--address", address,
          "--set", f"storage.path={tmp_path}"],
