@@ -60,7 +60,7 @@ def resnet(depth: int, in_channels: int, num_classes: int, pretrained: bool) -> 
 
 def build_model(
     arch: str, input_shape: tuple[int, ...], num_classes: int, pretrained: bool = False,
-    hidden: int = 100,
+    hidden: int = 100, name: str = "bert-base-uncased", vocab_size: int | None = None,
 ) -> nn.Module:
     """The model named by `model.arch` for inputs of `input_shape` and `num_classes` outputs."""
     if arch == "mlp":

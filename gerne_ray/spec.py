@@ -39,6 +39,11 @@ class DataSpec(_Strict):
     conflict_ratio: float = Field(0.02, ge=0, lt=1)
     attributes: Literal["known"] = "known"
     seed: int = Field(0, ge=0, description="seed of generated data; fixed across training seeds")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes reading files (0: none)")
+    target: str | None = Field(None, description="column used as the class y (celeba: default Blond_Hair)")
+    attribute: str | None = Field(None, description="column used as the attribute a (celeba: default Male)")
+    tokenizer: str = Field("bert-base-uncased", description="text datasets: the Hugging Face tokenizer")
+    max_length: int = Field(220, gt=0, description="text datasets: tokens per sample (padded/truncated)")
 
     @field_validator("dataset")
     @classmethod
@@ -53,9 +58,10 @@ class DataSpec(_Strict):
 class ModelSpec(_Strict):
     """The network: `mlp`, `cnn`, `resnet18` or `resnet50`."""
 
-    arch: Literal["mlp", "cnn", "resnet18", "resnet50"] = "mlp"
+    arch: Literal["mlp", "cnn", "resnet18", "resnet50", "bert"] = "mlp"
     pretrained: bool = False
-    hidden: int = Field(100, gt=0, description="hidden width of the mlp")
+    hidden: int = Field(100, gt=0, description="hidden width of the mlp (and of bert when not pretrained)")
+    name: str = Field("bert-base-uncased", description="bert: the Hugging Face model whose weights to load")
 
 
 class MethodSpec(_Strict):

@@ -110,6 +110,15 @@ class Prepared:
     stats: groups.GroupStats
 
 
+def model_for(spec: JobSpec, dataset: GroupedDataset, pretrained: bool | None = None) -> nn.Module:
+    """The spec's model for the dataset's inputs and classes."""
+    m = spec.model
+    return build_model(
+        m.arch, dataset.input_shape, dataset.num_classes, m.pretrained if pretrained is None else pretrained,
+        m.hidden, m.name, getattr(dataset.inputs, "vocab_size", None),
+    )
+
+
 def training_stats(dataset: GroupedDataset) -> groups.GroupStats:
     """Group statistics of the dataset's training split."""
     train_idx = dataset.indices(TRAIN)
@@ -128,7 +137,7 @@ def prepare(spec: JobSpec, dataset: GroupedDataset | None = None, check_beta: bo
     rank_share(spec.optim.batch_size_per_class, 0, spec.scaling.num_workers)  # B >= W, before any worker
     dataset = dataset if dataset is not None else load_dataset(spec.data)
     # the architecture must fit the data: fail here, before a run folder or a worker exists
-    build_model(spec.model.arch, dataset.input_shape, dataset.num_classes, False, spec.model.hidden)
+    model_for(spec, dataset, pretrained=False)
     stats = training_stats(dataset)
     if check_beta and spec.method.name in ("gerne", "reweight"):
         groups.check_beta(stats, spec.method.c, spec.method.beta)
@@ -153,36 +162,43 @@ def make_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
+def draw_rows(method: str, sampler: PairedSampler) -> tuple[np.ndarray, int]:
+    """One step's sample indices (into the training split) and how many open the biased batch.
+
+    GERNE: the biased batch then the less-biased one, as one array (one gather of both batches, so
+    step.concat_batches needs no copy); resample: a less-biased batch; erm, reweight: a biased one.
+    """
+    if method == "gerne":
+        biased = sampler.biased()
+        return np.concatenate([biased, sampler.less_biased()]), len(biased)
+    if method == "resample":
+        return sampler.less_biased(), 0
+    return sampler.biased(), 0
+
+
 def method_losses(
-    spec: JobSpec, model: nn.Module, sampler: PairedSampler, batch: Callable, weights: torch.Tensor | None
+    spec: JobSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, n_biased: int,
+    weights: torch.Tensor | None,
 ) -> StepLosses:
-    """Draw this step's batches for the spec's method and compute its losses."""
+    """The spec's method's losses on one step's batch (the first n_biased rows are the biased batch)."""
     name = spec.method.name
     if name == "gerne":
-        biased = sampler.biased()  # one gather of both batches: step.concat_batches then needs no copy
-        x, y, _ = batch(np.concatenate([biased, sampler.less_biased()]))
-        n = len(biased)
+        n = n_biased
         return gerne_losses(model, x[:n], y[:n], x[n:], y[n:], spec.method.beta, spec.method.forward)
-    if name == "resample":
-        x, y, _ = batch(sampler.less_biased())
-        return weighted_loss(model, x, y)
-    x, y, a = batch(sampler.biased())
     return weighted_loss(model, x, y, weights[y, a] if name == "reweight" else None)
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, dataset: GroupedDataset, split: int, stats: groups.GroupStats,
-    ctx: WorkerContext, batch_size: int,
+    ctx: WorkerContext, batch_size: int, num_workers: int = 0,
 ) -> tuple[dict[str, float], metrics.GroupTable]:
     """Metrics and per-group table of the model on one split (sharded over the workers)."""
     idx = dataset.indices(split)[ctx.rank :: ctx.world_size]
     was_training = model.training
     model.eval()
-    preds = [
-        model(dataset.inputs[idx[i : i + batch_size]].to(ctx.device)).argmax(1).cpu()
-        for i in range(0, len(idx), batch_size)
-    ]
+    chunks = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    preds = [model(x.to(ctx.device)).argmax(1).cpu() for x in dataset.batches(chunks, num_workers)]
     model.train(was_training)
     pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
     counts = metrics.group_counts(dataset.y[idx], dataset.a[idx], pred, dataset.num_classes,
@@ -213,9 +229,7 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
     train_idx = dataset.indices(TRAIN)
     c, beta = effective_c_beta(spec)
     torch.manual_seed(spec.seed)
-    model = ctx.prepare_model(build_model(
-        spec.model.arch, dataset.input_shape, dataset.num_classes, spec.model.pretrained, spec.model.hidden
-    ))
+    model = ctx.prepare_model(model_for(spec, dataset))
     optimizer = make_optimizer(spec, model)
     sampler = PairedSampler(
         dataset.y[train_idx], dataset.a[train_idx], dataset.num_classes, dataset.num_attributes,
@@ -234,10 +248,7 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
 
     weights = torch.as_tensor(groups.reweight_weights(stats, c, beta), dtype=torch.float32, device=ctx.device)
     y_t, a_t = torch.tensor(dataset.y), torch.tensor(dataset.a)
-
-    def batch(local: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows = torch.as_tensor(train_idx[local])
-        return (dataset.inputs[rows].to(ctx.device), y_t[rows].to(ctx.device), a_t[rows].to(ctx.device))
+    workers = spec.data.num_workers
 
     steps = spec.optim.steps_per_epoch or math.ceil(
         len(train_idx) / (dataset.num_classes * spec.optim.batch_size_per_class)
@@ -259,10 +270,15 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
         start = time.perf_counter()
         loss_sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=ctx.device)  # no per-step sync
         diag_sums = torch.zeros(len(DIAGNOSTIC_KEYS), dtype=torch.float64)
-        for _ in range(steps):
+        # the epoch's batches are drawn first (the sampler's stream in step order), then read,
+        # ahead of the model by a DataLoader's workers when the inputs are files
+        plan = [draw_rows(spec.method.name, sampler) for _ in range(steps)]
+        rows = [torch.as_tensor(train_idx[local]) for local, _ in plan]
+        for (_, n_biased), r, x in zip(plan, rows, dataset.batches(rows, workers), strict=True):
             optimizer.zero_grad(set_to_none=True)
+            x, y, a = x.to(ctx.device), y_t[r].to(ctx.device), a_t[r].to(ctx.device)
             with no_sync() if diagnose else contextlib.nullcontext(), autocast:
-                losses = method_losses(spec, model, sampler, batch, weights)
+                losses = method_losses(spec, model, x, y, a, n_biased, weights)
             if diagnose:
                 diag = paired_gradients(params, scale * losses.loss_b, scale * losses.loss_lb,
                                         spec.method.beta, all_reduce_mean if ctx.world_size > 1 else None)
@@ -286,7 +302,7 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
         else:
             for split_name, split in EVAL_SPLITS.items():
                 values, table = evaluate(
-                    unwrap(model), dataset, split, stats, ctx, spec.optim.eval_batch_size
+                    unwrap(model), dataset, split, stats, ctx, spec.optim.eval_batch_size, workers
                 )
                 if epoch == 1 and table.missing and ctx.rank == 0:
                     log.warning("%s split: %d groups absent, skipped in its metrics: %s",

@@ -37,7 +37,7 @@ def _grad_worker(config: dict) -> None:
     import ray.train
 
     from gerne_ray.distributed import RayTrainContext
-    from gerne_ray.training import Prepared, loss_scale, method_losses
+    from gerne_ray.training import Prepared, draw_rows, loss_scale, method_losses
 
     spec = JobSpec.model_validate(config["spec"])
     prepared: Prepared = config["prepared"]
@@ -49,13 +49,10 @@ def _grad_worker(config: dict) -> None:
     sampler = PairedSampler(ds.y[idx], ds.a[idx], ds.num_classes, ds.num_attributes,
                             spec.optim.batch_size_per_class, spec.method.c, spec.seed,
                             ctx.rank, ctx.world_size)
-    y_t, a_t = torch.tensor(ds.y), torch.tensor(ds.a)
-
-    def batch(local):
-        rows = torch.as_tensor(idx[local])
-        return ds.inputs[rows], y_t[rows], a_t[rows]
-
-    losses = method_losses(spec, model, sampler, batch, None)
+    local, n_biased = draw_rows(spec.method.name, sampler)
+    rows = torch.as_tensor(idx[local])
+    losses = method_losses(spec, model, ds.inputs[rows], torch.tensor(ds.y)[rows], torch.tensor(ds.a)[rows],
+                           n_biased, None)
     (loss_scale(sampler, ctx) * losses.loss).backward()
     if ctx.rank == 0:
         torch.save([p.grad for p in model.parameters()], config["out"])

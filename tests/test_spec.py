@@ -108,3 +108,30 @@ def test_bad_override_syntax():
         load_spec(DEMO_SPEC, ["method.beta"])
     with pytest.raises(GerneError, match="not a section"):
         load_spec(DEMO_SPEC, ["seed.x=1"])
+
+
+PAPER = {  # dataset -> (arch, lr, batch per class, selection metric), gerne-method.md section 7
+    "colored_mnist": ("mlp", 0.1, 100, "val_gba"),
+    "corrupted_cifar10": ("resnet18", 1e-4, 100, "val_gba"),
+    "bffhq": ("resnet18", 1e-4, 32, "val_minority"),
+    "waterbirds": ("resnet50", 1e-4, 32, "val_wga"),
+    "celeba": ("resnet50", 1e-4, 32, "val_wga"),
+    "civilcomments": ("bert", 1e-5, 10, "val_wga"),
+    "multinli": ("bert", 1e-5, 32, "val_wga"),
+}
+
+
+def test_paper_benchmark_specs_validate_with_the_papers_settings():
+    paths = sorted((JOBS / "paper").glob("*.yaml"))
+    assert len(paths) == 13
+    seen = set()
+    for path in paths:
+        spec = load_spec(path)
+        arch, lr, batch, metric = PAPER[spec.data.dataset]
+        assert (spec.model.arch, spec.optim.lr, spec.optim.batch_size_per_class, spec.search.metric) == (
+            arch, lr, batch, metric), path.name
+        assert spec.model.pretrained == (arch != "mlp") and spec.method.name == "gerne"
+        seen.add(spec.data.dataset)
+    assert seen == set(PAPER)
+    ratios = sorted(load_spec(p).data.conflict_ratio for p in paths if "colored_mnist" in p.name)
+    assert ratios == [0.005, 0.01, 0.02, 0.05]

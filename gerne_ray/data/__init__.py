@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ __all__ = ["GroupedDataset", "TRAIN", "VAL", "TEST", "load_dataset"]
 
 def load_dataset(data: DataSpec) -> GroupedDataset:
     """The dataset a `data` spec names, built by its registered loader."""
-    from gerne_ray.data.registry import get_loader
+    from gerne_ray.data.registry import accepted, get_loader
 
     if data.root is not None and not Path(data.root).is_dir():
         raise GerneError(
@@ -25,6 +24,8 @@ def load_dataset(data: DataSpec) -> GroupedDataset:
             "or remove data.root (generated datasets read no files)"
         )
     loader = get_loader(data.dataset)
-    offered = {"root": data.root, "conflict_ratio": data.conflict_ratio, "seed": data.seed}
-    accepted = inspect.signature(loader).parameters
-    return loader(**{k: v for k, v in offered.items() if k in accepted})
+    offered = {
+        "root": data.root, "conflict_ratio": data.conflict_ratio, "seed": data.seed, "target": data.target,
+        "attribute": data.attribute, "tokenizer": data.tokenizer, "max_length": data.max_length,
+    }
+    return loader(**accepted(loader, offered))
