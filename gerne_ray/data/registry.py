@@ -7,6 +7,7 @@ signature names (root, conflict_ratio, seed, target, attribute, tokenizer, max_l
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 
@@ -24,72 +25,36 @@ def accepted(loader: Callable[..., GroupedDataset], options: dict) -> dict:
     return {k: v for k, v in options.items() if k in params}
 
 
-def _colored_mnist(**options) -> GroupedDataset:
-    from gerne_ray.data.colored_mnist import load_colored_mnist
-
-    return load_colored_mnist(**accepted(load_colored_mnist, options))
-
-
-def _corrupted_cifar10(**options) -> GroupedDataset:
-    from gerne_ray.data.corrupted_cifar10 import load_corrupted_cifar10
-
-    return load_corrupted_cifar10(**accepted(load_corrupted_cifar10, options))
-
-
-def _bffhq(**options) -> GroupedDataset:
-    from gerne_ray.data.bffhq import load_bffhq
-
-    return load_bffhq(**accepted(load_bffhq, options))
-
-
-def _waterbirds(**options) -> GroupedDataset:
-    from gerne_ray.data.waterbirds import load_waterbirds
-
-    return load_waterbirds(**accepted(load_waterbirds, options))
-
-
-def _celeba(**options) -> GroupedDataset:
-    from gerne_ray.data.celeba import load_celeba
-
-    return load_celeba(**accepted(load_celeba, options))
+def _on_disk(name: str, **options) -> GroupedDataset:
+    """Import an on-disk dataset's loader on first use and call it with the options it names."""
+    if name == "colored_mnist":
+        from gerne_ray.data.colored_mnist import load_colored_mnist as loader
+    elif name == "corrupted_cifar10":
+        from gerne_ray.data.corrupted_cifar10 import load_corrupted_cifar10 as loader
+    elif name == "bffhq":
+        from gerne_ray.data.bffhq import load_bffhq as loader
+    elif name == "waterbirds":
+        from gerne_ray.data.waterbirds import load_waterbirds as loader
+    elif name == "celeba":
+        from gerne_ray.data.celeba import load_celeba as loader
+    elif name == "civilcomments":
+        from gerne_ray.data.civilcomments import load_civilcomments as loader
+    elif name == "multinli":
+        from gerne_ray.data.multinli import load_multinli as loader
+    elif name == "metadata_csv":
+        from gerne_ray.data.metadata_csv import load_metadata_csv as loader
+    else:
+        from gerne_ray.data.parquet import load_parquet as loader
+    return loader(**accepted(loader, options))
 
 
-def _civilcomments(**options) -> GroupedDataset:
-    from gerne_ray.data.civilcomments import load_civilcomments
-
-    return load_civilcomments(**accepted(load_civilcomments, options))
-
-
-def _multinli(**options) -> GroupedDataset:
-    from gerne_ray.data.multinli import load_multinli
-
-    return load_multinli(**accepted(load_multinli, options))
-
-
-def _metadata_csv(**options) -> GroupedDataset:
-    from gerne_ray.data.metadata_csv import load_metadata_csv
-
-    return load_metadata_csv(**accepted(load_metadata_csv, options))
-
-
-def _parquet(**options) -> GroupedDataset:
-    from gerne_ray.data.parquet import load_parquet
-
-    return load_parquet(**accepted(load_parquet, options))
-
+ON_DISK = ("colored_mnist", "corrupted_cifar10", "bffhq", "waterbirds", "celeba", "civilcomments", "multinli",
+           "metadata_csv", "parquet")
 
 DATASETS: dict[str, Callable[..., GroupedDataset]] = {
     "synthetic": load_synthetic,
     "colored_digits": load_colored_digits,
-    "colored_mnist": _colored_mnist,
-    "corrupted_cifar10": _corrupted_cifar10,
-    "bffhq": _bffhq,
-    "waterbirds": _waterbirds,
-    "celeba": _celeba,
-    "civilcomments": _civilcomments,
-    "multinli": _multinli,
-    "metadata_csv": _metadata_csv,
-    "parquet": _parquet,
+    **{name: functools.partial(_on_disk, name) for name in ON_DISK},
 }
 
 
