@@ -40,8 +40,8 @@ class DataSpec(_Strict):
     attributes: Literal["known"] = "known"
     seed: int = Field(0, ge=0, description="seed of generated data; fixed across training seeds")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes reading files (0: none)")
-    target: str | None = Field(None, description="column used as the class y (celeba: default Blond_Hair)")
-    attribute: str | None = Field(None, description="column used as the attribute a (celeba: default Male)")
+    target: str | None = Field(None, description="celeba, parquet: the column used as the class y")
+    attribute: str | None = Field(None, description="celeba, parquet: the column used as the attribute a")
     tokenizer: str = Field("bert-base-uncased", description="text datasets: the Hugging Face tokenizer")
     max_length: int = Field(220, gt=0, description="text datasets: tokens per sample (padded/truncated)")
 

@@ -100,6 +100,8 @@ CASES = [
     spec_case("lr-infinite", {"optim": {"lr": float("inf")}}, "validate", ["optim.lr", "finite number"]),
     spec_case("unknown-dataset", {"data": {"dataset": "imagenet"}}, "train",
               ["data.dataset", "use one of: bffhq, celeba", "colored_digits", "waterbirds"]),
+    spec_case("attribute-for-a-fixed-dataset", {"data": {"attribute": "Male"}}, "validate",
+              ["data.attribute", "remove data.attribute"]),
     spec_case("unknown-arch", {"model": {"arch": "vgg"}}, "train", ["model.arch", "'mlp'"]),
     spec_case("image-arch-on-tabular-data", {"data": {"dataset": "synthetic"}, "model": {"arch": "cnn"}},
               "train", ["model.arch", "use arch: mlp"], prior="same"),

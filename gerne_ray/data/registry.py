@@ -17,6 +17,19 @@ from gerne_ray.data.synthetic import load_synthetic
 from gerne_ray.errors import GerneError
 
 
+def check_columns(name: str, loader: Callable[..., GroupedDataset], options: dict) -> None:
+    """Refuse data.target / data.attribute for a dataset whose classes and attributes are fixed."""
+    params = inspect.signature(loader).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # a lazy on-disk entry: checked against the real loader when it is imported
+    for key in ("target", "attribute"):
+        if options.get(key) is not None and key not in params:
+            raise GerneError(
+                f"data.{key}: the dataset {name} has fixed classes and attributes and takes no {key}; "
+                f"remove data.{key} (it chooses columns for celeba and parquet)"
+            )
+
+
 def accepted(loader: Callable[..., GroupedDataset], options: dict) -> dict:
     """The options a loader's signature names (all of them for a registry wrapper taking **options)."""
     params = inspect.signature(loader).parameters
@@ -45,6 +58,7 @@ def _on_disk(name: str, **options) -> GroupedDataset:
         from gerne_ray.data.metadata_csv import load_metadata_csv as loader
     else:
         from gerne_ray.data.parquet import load_parquet as loader
+    check_columns(name, loader, options)
     return loader(**accepted(loader, options))
 
 
