@@ -116,6 +116,7 @@ def model_for(spec: JobSpec, dataset: GroupedDataset, pretrained: bool | None = 
     return build_model(
         m.arch, dataset.input_shape, dataset.num_classes, m.pretrained if pretrained is None else pretrained,
         m.hidden, m.name, getattr(dataset.inputs, "vocab_size", None),
+        getattr(dataset.inputs, "pad_token_id", None), getattr(dataset.inputs, "sep_token_id", None),
     )
 
 
@@ -205,7 +206,16 @@ def evaluate(
                                   dataset.num_attributes)
     n, correct = ctx.all_reduce_sum(torch.as_tensor(np.stack(counts))).numpy()
     table = metrics.table_from_counts(n, correct, dataset.num_attributes)
-    return metrics.metrics_from_table(table, stats.counts, stats.aligned), table
+    values = metrics.metrics_from_table(table, stats.counts, stats.aligned)
+    identities = getattr(dataset, "identities", None)
+    if identities is not None:  # CivilComments: WGA over WILDS's overlapping (identity, y) groups
+        from gerne_ray.data.civilcomments import wilds_group_table
+
+        rows = wilds_group_table(dataset.y[idx], pred, identities[idx], dataset.identity_names)
+        summed = ctx.all_reduce_sum(torch.tensor([[r["n"], r["correct"]] for r in rows], dtype=torch.int64))
+        accuracies = [int(c) / int(m) for m, c in summed.tolist() if m]
+        values["wga"] = min(accuracies) if accuracies else math.nan
+    return values, table
 
 
 def loss_scale(sampler: PairedSampler, ctx: WorkerContext) -> float:

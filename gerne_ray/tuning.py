@@ -67,6 +67,10 @@ CONFIG_KEYS = ("c", "beta", "lambda", "lr", "weight_decay", "seed")
 RAY_LOGGERS = ("ray.train", "ray.tune")  # their INFO lines ("Checkpoint successfully created") every epoch
 FINAL_DIR = "final"
 JOURNAL_FILE = "optuna.journal"
+# Tune deletes a trial's older checkpoint when it registers a newer one and snapshots its experiment
+# state after num_to_keep new checkpoints: with 2 kept, a driver killed between the two still finds
+# the checkpoint its last snapshot names (with 1, that one could already be gone).
+KEEP_CHECKPOINTS = 2
 OUTPUT_FILES = ("trials.parquet", "trial_histories.parquet", "best.json", "report.md", "plots", JOURNAL_FILE)
 
 
@@ -300,7 +304,7 @@ def search(spec: JobSpec, prepared: Prepared, folder: RunFolder):
         "run_config": ray_tune.RunConfig(
             name=spec.name,
             storage_path=folder.ray_storage,
-            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             callbacks=[Progress("trial", s.num_samples, s.metric, spec.optim.epochs),
                        PushFiles(folder, JOURNAL_FILE)],
             verbose=0,
@@ -325,7 +329,7 @@ def run_final(spec: JobSpec, prepared: Prepared, folder: RunFolder, config: dict
         "run_config": ray_tune.RunConfig(
             name=FINAL_DIR,
             storage_path=folder.location,
-            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             callbacks=[Progress("seed", len(seeds), spec.search.metric, spec.optim.epochs)],
             verbose=0,
         ),
@@ -341,7 +345,13 @@ def trial_history(result, folder: RunFolder) -> list[dict]:
     path = (result.metrics or {}).get("checkpoint_path")
     if checkpoint is None and path:  # a path on the storage's file system
         checkpoint = Checkpoint(path, filesystem=folder.fs) if folder.remote else Checkpoint(path)
-    return [] if checkpoint is None else list(read_checkpoint(checkpoint)["history"])
+    if checkpoint is None:
+        return []
+    try:
+        return list(read_checkpoint(checkpoint)["history"])
+    except (GerneError, OSError) as err:  # the trial failed before or while checkpointing
+        log.warning("trial %s: no readable checkpoint (%s)", Path(result.path).name, err)
+        return []
 
 
 def _first_line(error: BaseException | None) -> str:

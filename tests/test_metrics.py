@@ -67,3 +67,30 @@ def test_no_conflicting_samples_gives_nan_minority():
     m = metrics_from_table(group_table(*_samples(only_aligned), 2, 2), TRAIN_COUNTS, ALIGNED)
     assert math.isnan(m["minority"])
     assert m["gba"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_evaluation_uses_wilds_overlapping_groups_when_the_dataset_has_identities():
+    """CivilComments: val/test WGA is the worst of WILDS's (identity, y) groups, not of the (y, a) table."""
+    import torch
+
+    from gerne_ray.data.base import GroupedDataset
+    from gerne_ray.data.civilcomments import IDENTITIES, wilds_worst_group_accuracy
+    from gerne_ray.groups import GroupStats
+    from gerne_ray.training import WorkerContext, evaluate
+
+    rng = np.random.default_rng(0)
+    n = 60
+    x = torch.tensor(rng.normal(size=(n, 1)), dtype=torch.float32)
+    y = rng.integers(0, 2, n)
+    identities = rng.random((n, len(IDENTITIES))) < 0.3
+    a = identities.any(axis=1).astype(np.int64)
+    ds = GroupedDataset("cc", x, y, a, np.full(n, 2, dtype=np.int8), np.arange(n), 2, 2)
+    ds.identities, ds.identity_names = identities, IDENTITIES
+    model = torch.nn.Linear(1, 2)
+    with torch.no_grad():
+        model.weight[:] = torch.tensor([[-1.0], [1.0]])
+        model.bias.zero_()
+    pred = (x[:, 0] > 0).long().numpy()
+    values, table = evaluate(model, ds, 2, GroupStats(np.array([[10, 5], [5, 10]])), WorkerContext(), 16)
+    assert values["wga"] == pytest.approx(wilds_worst_group_accuracy(y, pred, identities))
+    assert values["wga"] != pytest.approx(min(table.accuracy))  # the (y, a) table would say otherwise

@@ -328,3 +328,17 @@ def test_demo_compares_baselines_with_tuned_gerne_on_the_same_seeds(ray_cluster,
     assert float(rows[0][1]) == pytest.approx(100 * np.mean([r["test_gba"] for r in erm]), abs=0.01)
     gerne_gba = 100 * best["final_seeds"]["mean"]["test_gba"]
     assert float(rows[2][3]) == pytest.approx(gerne_gba, abs=0.01)
+
+
+def test_a_trial_whose_checkpoint_is_gone_has_an_empty_history(tmp_path):
+    from ray.train import Checkpoint
+
+    from gerne_ray.storage import RunFolder
+    from gerne_ray.tuning import trial_history
+
+    class Gone:  # a Tune result naming a checkpoint folder that was deleted (or never written)
+        checkpoint = Checkpoint(str(tmp_path / "abc" / "checkpoint_000000"))
+        metrics: dict = {}
+        path = str(tmp_path / "abc")
+
+    assert trial_history(Gone(), RunFolder(str(tmp_path), "run")) == []
