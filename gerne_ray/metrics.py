@@ -80,17 +80,19 @@ def _class_accuracies(table: GroupTable) -> np.ndarray:
 
 
 def metrics_from_table(
-    table: GroupTable, train_counts: np.ndarray, aligned: np.ndarray
+    table: GroupTable, train_counts: np.ndarray | None, aligned: np.ndarray | None
 ) -> dict[str, float]:
     """Every metric of METRIC_NAMES from one group table.
 
     train_counts: (K, A) training group counts (for weighted_avg); aligned: (K, A) bool, the
-    bias-aligned groups (for minority). A metric with no samples to average is NaN.
+    bias-aligned groups (for minority); None when the training groups are unknown (both are then
+    NaN). A metric with no samples to average is NaN.
     """
     acc = table.accuracy
     class_acc = _class_accuracies(table)
-    weights = train_counts[table.y, table.a].astype(np.float64)
-    conflicting = ~aligned[table.y, table.a]
+    known = train_counts is not None
+    weights = (train_counts[table.y, table.a] if known else np.zeros(len(acc))).astype(np.float64)
+    conflicting = ~aligned[table.y, table.a] if aligned is not None else np.zeros(len(acc), dtype=bool)
     n_conf = table.n[conflicting].sum()
     return {
         "gba": float(acc.mean()),

@@ -37,7 +37,12 @@ class DataSpec(_Strict):
     dataset: str = "colored_digits"
     root: str | None = None
     conflict_ratio: float = Field(0.02, ge=0, lt=1)
-    attributes: Literal["known"] = "known"
+    attributes: Literal["known", "unknown"] = Field(
+        "known", description="unknown: train on pseudo-groups from a biased model (no attribute labels read)"
+    )
+    attribute_labels: Literal["train_val", "val_only", "none"] = Field(
+        "train_val", description="with unknown attributes: which true attribute labels exist"
+    )
     seed: int = Field(0, ge=0, description="seed of generated data; fixed across training seeds")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes reading files (0: none)")
     target: str | None = Field(None, description="celeba, parquet: the column used as the class y")
@@ -114,8 +119,11 @@ class SearchSpaceSpec(_Strict):
     )
     lr: tuple[Positive, Positive] | None = None
     weight_decay: tuple[Positive, Positive] | None = None
+    t: tuple[Annotated[float, Field(ge=0, lt=0.5)], Annotated[float, Field(gt=0, le=0.5)]] = Field(
+        (0.0, 0.5), description="unknown attributes: the pseudo-group threshold's range [low, high)"
+    )
 
-    @field_validator("lr", "weight_decay")
+    @field_validator("lr", "weight_decay", "t")
     @classmethod
     def _ordered(cls, pair: tuple[float, float] | None) -> tuple[float, float] | None:
         if pair is not None and pair[0] > pair[1]:
@@ -182,6 +190,22 @@ class JobSpec(_Strict):
     search: SearchSpec = Field(default_factory=SearchSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @model_validator(mode="after")
+    def _selection_without_attribute_labels(self) -> JobSpec:
+        if self.data.attributes != "unknown":
+            return self
+        needs_val_attributes = ("val_gba", "val_wga", "val_minority", "val_weighted_avg")
+        if "metric" not in self.search.model_fields_set:  # the protocol's choice
+            metric = "val_worst_class" if self.data.attribute_labels == "none" else "val_wga"
+            object.__setattr__(self.search, "metric", metric)
+        elif self.data.attribute_labels == "none" and self.search.metric in needs_val_attributes:
+            raise ValueError(
+                f"search.metric: {self.search.metric} needs validation attribute labels, but "
+                "data.attribute_labels is none; use val_worst_class (the default then), val_class_balanced "
+                "or val_avg"
+            )
+        return self
 
     @model_validator(mode="after")
     def _storage_reaches_every_node(self) -> JobSpec:

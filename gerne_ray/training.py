@@ -108,6 +108,26 @@ class Prepared:
 
     dataset: GroupedDataset
     stats: groups.GroupStats
+    # unknown attributes (gerne_ray.pseudo): the biased model's ranking, the true training groups
+    # for weighted_avg / minority where they exist, and the true dataset for precision / recall
+    ranking: object | None = None
+    eval_stats: groups.GroupStats | None = None
+    truth: GroupedDataset | None = None
+
+    def for_spec(self, spec: JobSpec) -> Prepared:
+        """What a run with this spec trains on: with unknown attributes, the pseudo-groups of method.t."""
+        if self.ranking is None:
+            return self
+        from gerne_ray import pseudo
+
+        dataset = pseudo.with_pseudo_groups(self.dataset, self.ranking, spec.method.t)
+        return Prepared(dataset, training_stats(dataset), self.ranking, self.eval_stats, self.truth)
+
+    @property
+    def metric_stats(self) -> tuple:
+        """Training counts and aligned groups for weighted_avg and minority (None, None if unknown)."""
+        stats = self.eval_stats if self.ranking is not None else self.stats
+        return (stats.counts, stats.aligned) if stats is not None else (None, None)
 
 
 def model_for(spec: JobSpec, dataset: GroupedDataset, pretrained: bool | None = None) -> nn.Module:
@@ -137,6 +157,18 @@ def prepare(spec: JobSpec, dataset: GroupedDataset | None = None, check_beta: bo
     """
     rank_share(spec.optim.batch_size_per_class, 0, spec.scaling.num_workers)  # B >= W, before any worker
     dataset = dataset if dataset is not None else load_dataset(spec.data)
+    if spec.data.attributes == "unknown":  # nothing below sees the labels the setting calls unknown
+        from gerne_ray import pseudo
+
+        truth = dataset if spec.data.attribute_labels == "train_val" else None
+        dataset = pseudo.mask(dataset, spec.data.attribute_labels)
+        model_for(spec, dataset, pretrained=False)
+        eval_stats = None
+        if truth is not None:
+            idx = truth.indices(TRAIN)
+            eval_stats = groups.GroupStats.from_labels(truth.y[idx], truth.a[idx], truth.num_classes,
+                                                       max(truth.num_attributes, 2))
+        return Prepared(dataset, training_stats(dataset), None, eval_stats, truth)
     # the architecture must fit the data: fail here, before a run folder or a worker exists
     model_for(spec, dataset, pretrained=False)
     stats = training_stats(dataset)
@@ -191,10 +223,15 @@ def method_losses(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, dataset: GroupedDataset, split: int, stats: groups.GroupStats,
+    model: nn.Module, dataset: GroupedDataset, split: int, stats: groups.GroupStats | tuple,
     ctx: WorkerContext, batch_size: int, num_workers: int = 0,
 ) -> tuple[dict[str, float], metrics.GroupTable]:
-    """Metrics and per-group table of the model on one split (sharded over the workers)."""
+    """Metrics and per-group table of the model on one split (sharded over the workers).
+
+    stats: the training GroupStats, or (counts, aligned) for weighted_avg and minority (None, None
+    when the training groups are unknown).
+    """
+    train_counts, aligned = (stats.counts, stats.aligned) if isinstance(stats, groups.GroupStats) else stats
     idx = dataset.indices(split)[ctx.rank :: ctx.world_size]
     was_training = model.training
     model.eval()
@@ -206,7 +243,7 @@ def evaluate(
                                   dataset.num_attributes)
     n, correct = ctx.all_reduce_sum(torch.as_tensor(np.stack(counts))).numpy()
     table = metrics.table_from_counts(n, correct, dataset.num_attributes)
-    values = metrics.metrics_from_table(table, stats.counts, stats.aligned)
+    values = metrics.metrics_from_table(table, train_counts, aligned)
     identities = getattr(dataset, "identities", None)
     if identities is not None:  # CivilComments: WGA over WILDS's overlapping (identity, y) groups
         from gerne_ray.data.civilcomments import wilds_group_table
@@ -232,8 +269,14 @@ def _check_resumable(state: dict, spec: JobSpec, ctx: WorkerContext) -> None:
         )
 
 
-def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = None) -> list[dict]:
-    """Train the spec's method for optim.epochs, evaluating val and test after every epoch."""
+def train_loop(
+    spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = None, keep_best: bool = False
+) -> list[dict]:
+    """Train the spec's method for optim.epochs, evaluating val and test after every epoch.
+
+    keep_best: also keep the weights of the epoch best by search.metric in the checkpoint
+    (`best_model`, `best_epoch`, `best_value`).
+    """
     ctx = ctx or WorkerContext()
     dataset, stats = prepared.dataset, prepared.stats
     train_idx = dataset.indices(TRAIN)
@@ -246,6 +289,7 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
         spec.optim.batch_size_per_class, c, seed=spec.seed, rank=ctx.rank, world_size=ctx.world_size,
     )
     history: list[dict] = []
+    best: dict = {"best_model": None, "best_epoch": None, "best_value": -math.inf}
     state = ctx.load_checkpoint()
     if state is not None:
         _check_resumable(state, spec, ctx)
@@ -253,6 +297,7 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["samplers"][ctx.rank])
         history = list(state["history"])
+        best.update({k: state[k] for k in best if k in state})
     if history and history[-1]["status"] == "diverged":
         return history
 
@@ -312,15 +357,23 @@ def train_loop(spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = No
         else:
             for split_name, split in EVAL_SPLITS.items():
                 values, table = evaluate(
-                    unwrap(model), dataset, split, stats, ctx, spec.optim.eval_batch_size, workers
+                    unwrap(model), dataset, split, prepared.metric_stats, ctx, spec.optim.eval_batch_size,
+                    workers,
                 )
-                if epoch == 1 and table.missing and ctx.rank == 0:
+                masked = spec.data.attributes == "unknown" and (split_name, spec.data.attribute_labels) == (
+                    "val", "none")  # every validation label is 0 there: absent groups say nothing
+                if epoch == 1 and table.missing and ctx.rank == 0 and not masked:
                     log.warning("%s split: %d groups absent, skipped in its metrics: %s",
                                 split_name, len(table.missing), table.missing)
                 row.update({f"{split_name}_{k}": v for k, v in values.items()})
                 row[f"{split_name}_groups"] = table.rows()
         history.append(row)
+        value = row.get(spec.search.metric, math.nan)
+        if keep_best and row["status"] == "ok" and math.isfinite(value) and value > best["best_value"]:
+            weights = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+            best.update(best_model=weights, best_epoch=epoch, best_value=value)
         ctx.save(row, {
+            **(best if keep_best else {}),
             "epoch": epoch,
             "model": unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -389,6 +442,12 @@ def summarize(spec: JobSpec, prepared: Prepared, history: list[dict]) -> dict:
         result[f"{split}_groups"] = best[f"{split}_groups"] if best else []
         result[f"{split}_missing_groups"] = absent_groups(prepared.dataset, EVAL_SPLITS[split])
     result["train_groups"] = prepared.stats.to_rows()
+    if prepared.ranking is not None:  # unknown attributes: the pseudo-groups of method.t
+        from gerne_ray import pseudo
+
+        result["t"] = spec.method.t
+        if prepared.truth is not None:  # true training attributes exist: how good are the pseudo-groups
+            result.update(pseudo.precision_recall(prepared.truth, prepared.ranking, spec.method.t))
     result["config"] = spec.model_dump(mode="json")
     return result
 
@@ -470,6 +529,13 @@ def train(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDa
     folder = spec.folder
     folder.check_writable()
     claim_run_dir(spec)
+    if spec.data.attributes == "unknown":  # stage 1 and 2 (once per job), then method.t's pseudo-groups
+        from gerne_ray import pseudo
+
+        prepared.ranking = pseudo.biased_ranking(spec, prepared.dataset, folder.local)
+        prepared = prepared.for_spec(spec)
+        if spec.method.name in ("gerne", "reweight"):
+            groups.check_beta(prepared.stats, spec.method.c, spec.method.beta)
     if spec.scaling.distributed:
         from gerne_ray.distributed import fit_distributed
 

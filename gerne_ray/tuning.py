@@ -40,7 +40,7 @@ from ray import tune as ray_tune
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from gerne_ray import groups, metrics, results, space
+from gerne_ray import groups, metrics, pseudo, results, space
 from gerne_ray.data.base import GroupedDataset
 from gerne_ray.distributed import ensure_ray, read_checkpoint, user_error
 from gerne_ray.errors import GerneError
@@ -63,7 +63,7 @@ from gerne_ray.training import (
 
 log = logging.getLogger(__name__)
 SEARCHED_METHODS = ("gerne", "reweight")
-CONFIG_KEYS = ("c", "beta", "lambda", "lr", "weight_decay", "seed")
+CONFIG_KEYS = ("c", "beta", "lambda", "t", "lr", "weight_decay", "seed")
 RAY_LOGGERS = ("ray.train", "ray.tune")  # their INFO lines ("Checkpoint successfully created") every epoch
 FINAL_DIR = "final"
 JOURNAL_FILE = "optuna.journal"
@@ -118,6 +118,8 @@ def trial_spec(spec: JobSpec, config: dict, name: str, storage: str | Path) -> J
     raw["storage"]["path"] = str(storage)
     raw["method"]["c"] = float(config["c"])
     raw["method"]["beta"] = float(config["beta"])
+    if "t" in config:
+        raw["method"]["t"] = float(config["t"])
     for key in ("lr", "weight_decay"):
         if key in config:
             raw["optim"][key] = float(config[key])
@@ -135,9 +137,9 @@ def run_trial(config: dict, job: dict, prepared: Prepared) -> None:
 
         from gerne_ray.distributed import fit_distributed
 
-        fit_distributed(tspec, prepared, callbacks=[TuneReportCallback()])
+        fit_distributed(tspec, prepared.for_spec(tspec), callbacks=[TuneReportCallback()])
     else:
-        train_loop(tspec, prepared, TuneTrialContext(spec.search.metric))
+        train_loop(tspec, prepared.for_spec(tspec), TuneTrialContext(spec.search.metric))
 
 
 def trial_dirname(trial) -> str:
@@ -145,8 +147,27 @@ def trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def optuna_space(trial, stats: groups.GroupStats, search) -> dict:
-    """The define-by-run space handed to OptunaSearch: derived values returned as constants."""
+def t_range(search, ranking) -> tuple[float, float]:
+    """The searched pseudo-group threshold: search.space.t, above the t that leaves a class without one."""
+    lo, hi = search.space.t
+    lo = max(lo, pseudo.min_threshold(ranking))
+    if lo >= hi:
+        raise GerneError(
+            f"search.space.t: [{search.space.t[0]}, {hi}) holds no threshold that gives every class a "
+            f"pseudo-minority sample (the smallest is {lo:.4g}); raise its upper end"
+        )
+    return lo, hi
+
+
+def optuna_space(trial, stats: groups.GroupStats, search, ranking: pseudo.Ranking | None = None,
+                 num_attributes: int = 2) -> dict:
+    """The define-by-run space handed to OptunaSearch: derived values returned as constants.
+
+    With unknown attributes t comes first: beta's bounds follow from its pseudo-group counts.
+    """
+    if ranking is not None:
+        t = trial.suggest_float("t", *t_range(search, ranking))
+        stats = pseudo.pseudo_stats(ranking, t, num_attributes)
     config = space.suggest(trial, stats, search)
     config["lambda"] = groups.lambda_of(config["beta"], config["c"])
     config["trial_number"] = trial.number  # the order of suggestion (Tune's trial ids are random)
@@ -190,12 +211,17 @@ class JournalOptunaSearch(OptunaSearch):
                 storage.set_trial_state_values(orphan._trial_id, optuna.trial.TrialState.FAIL)
 
 
-def make_searcher(spec: JobSpec, stats: groups.GroupStats, run_dir: Path) -> JournalOptunaSearch:
+def make_searcher(spec: JobSpec, stats: groups.GroupStats, run_dir: Path,
+                  ranking: pseudo.Ranking | None = None, num_attributes: int = 2) -> JournalOptunaSearch:
     """OptunaSearch over the bounded space: TPE seeded by the spec, the study in a journal file."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space.lambda_range(stats, spec.search.bounds, spec.search.margin)  # a balanced table: clear error now
+    if ranking is None:
+        space.lambda_range(stats, spec.search.bounds, spec.search.margin)  # a balanced table: clear error now
+    else:
+        t_range(spec.search, ranking)
     searcher = JournalOptunaSearch(
-        space=functools.partial(optuna_space, stats=stats, search=spec.search),
+        space=functools.partial(optuna_space, stats=stats, search=spec.search, ranking=ranking,
+                                num_attributes=num_attributes),
         metric=objective_key(spec.search.metric),
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=spec.seed),
@@ -295,7 +321,8 @@ def search(spec: JobSpec, prepared: Prepared, folder: RunFolder):
         journal.rename(folder.local / f"{JOURNAL_FILE}.stale-{int(time.time())}")
     args = {
         "tune_config": ray_tune.TuneConfig(
-            search_alg=make_searcher(spec, prepared.stats, folder.local),
+            search_alg=make_searcher(spec, prepared.stats, folder.local, prepared.ranking,
+                                     max(prepared.dataset.num_attributes, 2)),
             scheduler=make_scheduler(spec),
             num_samples=s.num_samples,
             max_concurrent_trials=s.max_concurrent,
@@ -370,7 +397,7 @@ def collect(spec: JobSpec, prepared: Prepared, grid, folder: RunFolder, stage: s
         config = {k: result.config[k] for k in CONFIG_KEYS if k in result.config}
         tspec = trial_spec(spec, config, trial_id, f"{folder.location}/train")
         history = trial_history(result, folder)
-        summary = summarize(tspec, prepared, history)
+        summary = summarize(tspec, prepared.for_spec(tspec), history)
         status, reason = summary["status"], summary["reason"]
         if result.error is not None:
             status, reason = "error", _first_line(result.error)
@@ -391,7 +418,7 @@ def trial_rows(trials: list[dict]) -> list[dict]:
     first = ("trial_number", "trial_id", "stage", "status", "reason", *CONFIG_KEYS)
     rows = []
     for t in trials:
-        row = {k: t[k] for k in first}
+        row = {k: t.get(k) for k in first}
         row.update({k: v for k, v in t.items() if k not in drop and k not in row})
         rows.append(row)
     return rows
@@ -468,7 +495,8 @@ def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDat
             "gerne (or reweight), or train one configuration with `gerne-ray train`"
         )
     prepared = prepare(spec, dataset, check_beta=False)
-    space.lambda_range(prepared.stats, spec.search.bounds, spec.search.margin)
+    if spec.data.attributes == "known":
+        space.lambda_range(prepared.stats, spec.search.bounds, spec.search.margin)
     if run_dir is not None:  # resume a folder that may have moved: its name and parent rule
         moved = RunFolder.at(run_dir)
         spec = load_spec(spec, [f"name={moved.name}", f"storage.path={moved.storage}"])
@@ -479,6 +507,9 @@ def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDat
     folder.check_writable()
     claim_run_dir(spec)
     run_dir = folder.local
+    if spec.data.attributes == "unknown":  # stage 1 and 2, once per job: every trial cuts its own t
+        prepared.ranking = pseudo.biased_ranking(spec, prepared.dataset, run_dir)
+        folder.push(f"stage1-{pseudo.stage1_key(spec)}")
     print(f"gerne-ray tune {spec.name}: {spec.search.num_samples} trials of {spec.method.name} on "
           f"{spec.data.dataset}, maximising {spec.search.metric}; results in {folder.location}", flush=True)
     trials = collect(spec, prepared, search(spec, prepared, folder), folder, "search")
