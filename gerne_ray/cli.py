@@ -174,37 +174,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gerne-ray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True)
-    set_help = "override a spec value, e.g. --set method.beta=1.0 (repeatable)"
 
-    p = sub.add_parser("validate", help="validate job specs (and beta against the data's bounds)")
-    p.add_argument("specs", nargs="+")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    p.set_defaults(func=cmd_validate)
+    def spec_command(name: str, func, help_text: str, **spec_arg) -> argparse.ArgumentParser:
+        """A subcommand taking spec file(s) and --set overrides."""
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("specs" if spec_arg.get("nargs") else "spec", **spec_arg)
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec value, e.g. --set method.beta=1.0 (repeatable)")
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("bounds", help="group table of the training split and beta's bounds")
-    p.add_argument("spec")
+    spec_command("validate", cmd_validate, "validate job specs (and beta against the data's bounds)",
+                 nargs="+")
+    p = spec_command("bounds", cmd_bounds, "group table of the training split and beta's bounds")
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    p.set_defaults(func=cmd_bounds)
-
-    p = sub.add_parser("train", help="train one configuration")
-    p.add_argument("spec")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("tune", help="search beta inside its bounds with Ray Tune + Optuna")
-    p.add_argument("spec", help="a spec file, or env:NAME (JSON in that environment variable)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    p.set_defaults(func=cmd_tune)
-
-    p = sub.add_parser("submit", help="submit a search to a Ray cluster (its job API)")
-    p.add_argument("spec")
+    spec_command("train", cmd_train, "train one configuration")
+    spec_command("tune", cmd_tune, "search beta inside its bounds with Ray Tune + Optuna",
+                 help="a spec file, or env:NAME (JSON in that environment variable)")
+    p = spec_command("submit", cmd_submit, "submit a search to a Ray cluster (its job API)")
     p.add_argument("--address", default=None,
                    help="the cluster's job API, http://<head>:8265 (default: RAY_ADDRESS)")
     p.add_argument("--wait", action="store_true", help="follow the job's logs; exit with its status")
     p.add_argument("--working-dir", default=".", help="folder uploaded with the job (default: .)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("resume", help="continue an interrupted search: gerne-ray resume RUN_DIR")
     p.add_argument("run_dir", help="the search's run folder, <storage.path>/<name>")
