@@ -79,3 +79,13 @@ def test_imagenet_transform_shape_and_normalisation(tmp_path):
     assert x.shape == (3, 224, 224) and x.dtype == torch.float32
     expected = (128 / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     assert torch.allclose(x[:, 100, 100], expected, atol=1e-5)
+
+
+def test_files_reach_ray_train_workers(ray_cluster, datasets, tmp_path):
+    """A lazy dataset travels to two Ray Train workers (by the object store) and trains there."""
+    from gerne_ray.training import train
+
+    _, lazy = datasets
+    spec = load_spec(SPEC, ["scaling.num_workers=2", "data.num_workers=1", f"storage.path={tmp_path}"])
+    result = train(spec, dataset=lazy)
+    assert result["status"] == "completed" and result["epochs_run"] == 2
