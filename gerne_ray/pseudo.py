@@ -10,7 +10,8 @@ Stage 1 trains the biased model: ERM on class-balanced batches with weight decay
 rate x0.1, its epoch selected by validation class-balanced accuracy. Stage 2 scores every training
 sample's confidence in its own label, p(y | x), and ranks the samples of each class from the least
 confident. Both run once per job, in `<run>/stage1-<key>/` (key: a hash of what they depend on:
-data, model, optim, seed, attribute_labels), and are reused by every trial and on resume;
+data incl. attribute_labels, model, optim but its epochs, seed), fetched from and copied back to
+the run's storage, and reused by every trial and on resume;
 `ranking.parquet` holds id, y, confidence and rank within class. A trial with threshold t puts the
 floor(t |X_y|) least confident samples of each class y into pseudo-group 1, the rest into 0; beta's
 bounds come from those pseudo-group counts.
@@ -33,6 +34,7 @@ from gerne_ray import groups, results
 from gerne_ray.data.base import TRAIN, VAL, GroupedDataset
 from gerne_ray.errors import GerneError
 from gerne_ray.spec import JobSpec, load_spec
+from gerne_ray.storage import RunFolder
 
 log = logging.getLogger(__name__)
 RANKING_FILE = "ranking.parquet"
@@ -119,9 +121,11 @@ def stage1_spec(spec: JobSpec) -> JobSpec:
 
 
 def stage1_key(spec: JobSpec) -> str:
-    """A hash of everything stage 1 depends on."""
+    """A hash of everything stage 1 depends on (optim.epochs aside: a rerun with more epochs resumes
+    the same job, and its pseudo-groups must not change under it)."""
     raw = spec.model_dump(mode="json")
     parts = {k: raw[k] for k in ("seed", "data", "model", "optim")}
+    del parts["optim"]["epochs"]
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -145,11 +149,17 @@ def rank_within_class(y: np.ndarray, confidence: np.ndarray, ids: np.ndarray) ->
     return rank
 
 
-def biased_ranking(spec: JobSpec, masked: GroupedDataset, run_dir) -> Ranking:
-    """Stage 1 and 2, once per job: train (or reuse) the biased model and rank the training samples."""
+def biased_ranking(spec: JobSpec, masked: GroupedDataset, run: RunFolder) -> Ranking:
+    """Stage 1 and 2, once per job: train (or reuse) the biased model and rank the training samples.
+
+    The stage's folder is fetched from the run folder's storage first and copied back after, so a
+    resume on another machine (storage at a URI) reuses it too.
+    """
     from gerne_ray.training import WorkerContext, load_state, model_for, prepare, train_loop
 
-    folder = run_dir / f"stage1-{stage1_key(spec)}"
+    name = f"stage1-{stage1_key(spec)}"
+    run.pull(name)
+    folder = run.local / name
     path = folder / RANKING_FILE
     if path.is_file():
         log.warning("stage 1: reusing the biased model's ranking in %s", folder)
@@ -178,4 +188,5 @@ def biased_ranking(spec: JobSpec, masked: GroupedDataset, run_dir) -> Ranking:
         "best_epoch": state["best_epoch"], STAGE1_EPOCH_KEY: state["best_value"],
         "spec": sspec.model_dump(mode="json"),
     })
+    run.push(name)
     return Ranking(y, rank, confidence)

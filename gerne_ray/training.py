@@ -532,7 +532,7 @@ def train(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDa
     if spec.data.attributes == "unknown":  # stage 1 and 2 (once per job), then method.t's pseudo-groups
         from gerne_ray import pseudo
 
-        prepared.ranking = pseudo.biased_ranking(spec, prepared.dataset, folder.local)
+        prepared.ranking = pseudo.biased_ranking(spec, prepared.dataset, folder)
         prepared = prepared.for_spec(spec)
         if spec.method.name in ("gerne", "reweight"):
             groups.check_beta(prepared.stats, spec.method.c, spec.method.beta)

@@ -508,8 +508,7 @@ def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDat
     claim_run_dir(spec)
     run_dir = folder.local
     if spec.data.attributes == "unknown":  # stage 1 and 2, once per job: every trial cuts its own t
-        prepared.ranking = pseudo.biased_ranking(spec, prepared.dataset, run_dir)
-        folder.push(f"stage1-{pseudo.stage1_key(spec)}")
+        prepared.ranking = pseudo.biased_ranking(spec, prepared.dataset, folder)
     print(f"gerne-ray tune {spec.name}: {spec.search.num_samples} trials of {spec.method.name} on "
           f"{spec.data.dataset}, maximising {spec.search.metric}; results in {folder.location}", flush=True)
     trials = collect(spec, prepared, search(spec, prepared, folder), folder, "search")

@@ -129,3 +129,18 @@ def test_a_run_folder_of_an_older_version_still_resumes(tmp_path):
     other = load_spec(spec, ["scaling.placement_strategy=STRICT_PACK"])
     with pytest.raises(GerneError, match="differs in scaling.placement_strategy"):
         claim_run_dir(other)
+
+
+def test_stage1_of_unknown_attributes_is_stored_at_the_uri_and_reused_from_there(tmp_path, cache):
+    spec = {**SMALL, "name": "unknown", "storage": {"path": f"file://{tmp_path}/shared"},
+            "data": {"dataset": "colored_digits", "attributes": "unknown", "attribute_labels": "val_only"},
+            "method": {"name": "gerne", "c": 0.5, "beta": 0.5, "t": 0.05}, "search": {"metric": "val_gba"}}
+    train(spec)
+    stage1 = next((tmp_path / "shared" / "unknown").glob("stage1-*"))
+    ranking = stage1 / "ranking.parquet"
+    assert ranking.is_file()
+    stamp = ranking.stat().st_mtime_ns
+    shutil.rmtree(cache)  # another machine: nothing local; more epochs, the same stage 1
+    train({**spec, "optim": {**SMALL["optim"], "epochs": 3}})
+    assert ranking.stat().st_mtime_ns == stamp
+    assert len(list((tmp_path / "shared" / "unknown").glob("stage1-*"))) == 1
