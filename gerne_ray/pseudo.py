@@ -168,12 +168,11 @@ def biased_ranking(spec: JobSpec, masked: GroupedDataset, run: RunFolder) -> Ran
     sspec = stage1_spec(spec)
     log.warning("stage 1: training the biased model (%d epochs) in %s", sspec.optim.epochs, folder)
     folder.mkdir(parents=True, exist_ok=True)
-    history = train_loop(sspec, prepare(sspec, masked), WorkerContext(checkpoint_dir=folder), keep_best=True)
-    if not history or history[-1]["status"] == "diverged" and len(history) == 1:
-        raise GerneError("data.attributes: the biased model (stage 1) diverged; lower optim.lr")
+    train_loop(sspec, prepare(sspec, masked), WorkerContext(checkpoint_dir=folder), keep_best=True)
     state = load_state(folder / "checkpoint.pt")
-    if state.get("best_model") is None:
-        raise GerneError("data.attributes: the biased model (stage 1) never evaluated; raise optim.epochs")
+    if state.get("best_model") is None:  # no epoch finished with a finite validation metric
+        raise GerneError("data.attributes: the biased model (stage 1) diverged before any usable epoch; "
+                         "lower optim.lr")
     model = model_for(sspec, masked)
     model.load_state_dict(state["best_model"])
     confidence = score(model, masked, sspec.optim.eval_batch_size, sspec.data.num_workers)

@@ -157,20 +157,19 @@ def prepare(spec: JobSpec, dataset: GroupedDataset | None = None, check_beta: bo
     """
     rank_share(spec.optim.batch_size_per_class, 0, spec.scaling.num_workers)  # B >= W, before any worker
     dataset = dataset if dataset is not None else load_dataset(spec.data)
+    # the architecture must fit the data: fail here, before a run folder or a worker exists
+    model_for(spec, dataset, pretrained=False)
     if spec.data.attributes == "unknown":  # nothing below sees the labels the setting calls unknown
         from gerne_ray import pseudo
 
         truth = dataset if spec.data.attribute_labels == "train_val" else None
         dataset = pseudo.mask(dataset, spec.data.attribute_labels)
-        model_for(spec, dataset, pretrained=False)
         eval_stats = None
         if truth is not None:
             idx = truth.indices(TRAIN)
             eval_stats = groups.GroupStats.from_labels(truth.y[idx], truth.a[idx], truth.num_classes,
                                                        max(truth.num_attributes, 2))
         return Prepared(dataset, training_stats(dataset), None, eval_stats, truth)
-    # the architecture must fit the data: fail here, before a run folder or a worker exists
-    model_for(spec, dataset, pretrained=False)
     stats = training_stats(dataset)
     if check_beta and spec.method.name in ("gerne", "reweight"):
         groups.check_beta(stats, spec.method.c, spec.method.beta)
@@ -223,15 +222,15 @@ def method_losses(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, dataset: GroupedDataset, split: int, stats: groups.GroupStats | tuple,
+    model: nn.Module, dataset: GroupedDataset, split: int, metric_stats: tuple,
     ctx: WorkerContext, batch_size: int, num_workers: int = 0,
 ) -> tuple[dict[str, float], metrics.GroupTable]:
     """Metrics and per-group table of the model on one split (sharded over the workers).
 
-    stats: the training GroupStats, or (counts, aligned) for weighted_avg and minority (None, None
-    when the training groups are unknown).
+    metric_stats: the training (counts, aligned) for weighted_avg and minority, `Prepared.metric_stats`
+    ((None, None) when the training groups are unknown).
     """
-    train_counts, aligned = (stats.counts, stats.aligned) if isinstance(stats, groups.GroupStats) else stats
+    train_counts, aligned = metric_stats
     idx = dataset.indices(split)[ctx.rank :: ctx.world_size]
     was_training = model.training
     model.eval()
@@ -370,8 +369,8 @@ def train_loop(
         history.append(row)
         value = row.get(spec.search.metric, math.nan)
         if keep_best and row["status"] == "ok" and math.isfinite(value) and value > best["best_value"]:
-            weights = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
-            best.update(best_model=weights, best_epoch=epoch, best_value=value)
+            kept = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+            best.update(best_model=kept, best_epoch=epoch, best_value=value)
         ctx.save(row, {
             **(best if keep_best else {}),
             "epoch": epoch,

@@ -53,6 +53,7 @@ from gerne_ray.training import (
     WorkerContext,
     claim_run_dir,
     epoch_metrics,
+    history_rows,
     objective_key,
     prepare,
     read_spec_json,
@@ -426,13 +427,11 @@ def trial_rows(trials: list[dict]) -> list[dict]:
 
 def history_table(trials: list[dict]) -> list[dict]:
     """trial_histories.parquet's rows: every trial's epochs (scalars only)."""
-    rows = [
+    return history_rows([
         {"trial_id": t["trial_id"], "stage": t["stage"],
          **{k: v for k, v in r.items() if not k.endswith("_groups")}}
         for t in trials for r in t["history"]
-    ]
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    return [{k: r.get(k) for k in keys} for r in rows]
+    ])
 
 
 def pick_best(trials: list[dict], metric: str) -> dict:

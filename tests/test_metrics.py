@@ -91,6 +91,7 @@ def test_evaluation_uses_wilds_overlapping_groups_when_the_dataset_has_identitie
         model.weight[:] = torch.tensor([[-1.0], [1.0]])
         model.bias.zero_()
     pred = (x[:, 0] > 0).long().numpy()
-    values, table = evaluate(model, ds, 2, GroupStats(np.array([[10, 5], [5, 10]])), WorkerContext(), 16)
+    stats = GroupStats(np.array([[10, 5], [5, 10]]))
+    values, table = evaluate(model, ds, 2, (stats.counts, stats.aligned), WorkerContext(), 16)
     assert values["wga"] == pytest.approx(wilds_worst_group_accuracy(y, pred, identities))
     assert values["wga"] != pytest.approx(min(table.accuracy))  # the (y, a) table would say otherwise
