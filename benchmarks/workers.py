@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
+from gerne_ray.loop import train_loop
 from gerne_ray.spec import load_spec
-from gerne_ray.training import train_loop
 
 MODELS = {
     # name: (arch, B per class for GERNE)

@@ -1,4 +1,4 @@
-"""The gerne-ray command: validate, bounds, train, tune, submit, resume, report, demo."""
+"""The gerne-ray command: validate, bounds, train, tune, compare, methods, submit, resume, report, demo."""
 
 from __future__ import annotations
 
@@ -132,6 +132,59 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def method_table() -> list[dict]:
+    """Every registered method: what it does, what it needs, its hyperparameters and search ranges."""
+    from gerne_ray import methods
+
+    out = []
+    for name in methods.names():
+        cls = methods.get(name)
+        params = [{"name": k, "default": f.default, "description": f.description or ""}
+                  for k, f in cls.Params.model_fields.items() if k != "name"]
+        needs = [label for flag, label in (
+            (cls.uses_groups, "training groups (pseudo-groups with unknown attributes)"),
+            (cls.needs_train_attributes, "training attribute labels"),
+            (cls.needs_val_attributes, "validation attribute labels")) if flag]
+        out.append({"name": name, "summary": cls.summary, "needs": needs, "params": params,
+                    "search": dict(cls.search_ranges)})
+    return out
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """List every method with its hyperparameters, defaults and search ranges."""
+    table = method_table()
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    for m in table:
+        print(f"{m['name']}: {m['summary']}")
+        if m["needs"]:
+            print(f"  needs: {'; '.join(m['needs'])}")
+        for p in m["params"]:
+            searched = m["search"].get(p["name"])
+            about = f"  ({p['description']})" if p["description"] else ""
+            print(f"  {p['name']} = {p['default']!r}{about}"
+                  + (f"\n      searched: {searched}" if searched else ""))
+        if not m["search"]:
+            print("  searched: nothing of its own (search.space's lr and weight_decay apply to every method)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Search every method with the same budget, retrain the best of each with new seeds, compare."""
+    from gerne_ray.compare import compare
+
+    result = compare(_spec_arg(args.spec), args.methods, args.set)
+    print(f"\n{'method':10s} {'test GBA':>16s} {'test WGA':>16s} {'val metric':>16s}")
+    for method, s in result.summary().items():
+        metric = result.rows[0]["selection_metric"]
+        cells = [s[k] for k in ("test_gba", "test_wga", metric)]
+        shown = ["" if c is None else f"{100 * c[0]:.2f} +- {100 * c[1]:.2f}" for c in cells]
+        print(f"{method:10s} " + " ".join(f"{c:>16s}" for c in shown))
+    print(f"results in {result.location}/ (compare.md, compare.parquet, plots/compare.png)")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Submit `gerne-ray tune SPEC` to a Ray cluster as a job."""
     from gerne_ray.submit import submit
@@ -191,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     spec_command("train", cmd_train, "train one configuration")
     spec_command("tune", cmd_tune, "search beta inside its bounds with Ray Tune + Optuna",
                  help="a spec file, or env:NAME (JSON in that environment variable)")
+    p = spec_command("compare", cmd_compare, "search several methods with the same budget and compare them",
+                     help="a spec file, or env:NAME (JSON in that environment variable)")
+    p.add_argument("--methods", required=True,
+                   help="comma-separated methods, e.g. erm,resample,groupdro,jtt,lff,dfr,gerne")
+    p = sub.add_parser("methods", help="list the methods, their hyperparameters and search ranges")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_methods)
     p = spec_command("submit", cmd_submit, "submit a search to a Ray cluster (its job API)")
     p.add_argument("--address", default=None,
                    help="the cluster's job API, http://<head>:8265 (default: RAY_ADDRESS)")

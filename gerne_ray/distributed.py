@@ -1,6 +1,6 @@
 """Ray Train: the training loop on data-parallel workers (TorchTrainer, Ray Train V2).
 
-`fit_distributed` runs `training.train_loop` as `train_loop_per_worker` on `scaling.num_workers`
+`fit_distributed` runs `loop.train_loop` as `train_loop_per_worker` on `scaling.num_workers`
 workers (gloo on CPU, nccl on GPU). The dataset travels once through the object store. Each worker
 wraps the model in DDP, so one backward of L_ext all-reduces one gradient per step. Every epoch
 rank 0 reports a Checkpoint (model, optimizer, every rank's sampler RNG state, the history so far);
@@ -19,16 +19,9 @@ import torch
 import torch.distributed as dist
 
 from gerne_ray.errors import GerneError
+from gerne_ray.loop import CHECKPOINT_FILE, Prepared, WorkerContext, load_state, save_state, train_loop
+from gerne_ray.results import epoch_metrics
 from gerne_ray.spec import JobSpec
-from gerne_ray.training import (
-    CHECKPOINT_FILE,
-    Prepared,
-    WorkerContext,
-    epoch_metrics,
-    load_state,
-    save_state,
-    train_loop,
-)
 
 
 class RayTrainContext(WorkerContext):

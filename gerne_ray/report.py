@@ -1,8 +1,9 @@
 """The search report: report.md and plots, rendered from a run folder's files alone.
 
 `write_report(run_dir)` reads trials.parquet, trial_histories.parquet and best.json (written by
-gerne_ray.tuning) and writes report.md and three PNG plots under plots/: the selection metric
-against beta over all trials, the best trial's per-group accuracies, and learning curves.
+gerne_ray.tuning) and writes report.md and PNG plots under plots/: the selection metric against
+the searched value (beta for GERNE, the first searched hyperparameter of another method) over all
+trials, the best trial's per-group accuracies, and learning curves. It names no method.
 `gerne-ray report RUN_DIR` calls it again, e.g. after a change to this module.
 """
 
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 from gerne_ray import results
 from gerne_ray.errors import GerneError
 
-PLOTS = ("metric_vs_beta.png", "best_groups.png", "learning_curves.png")
+PLOTS = ("best_groups.png", "learning_curves.png")  # plus metric_vs_<searched value>.png
 TABLES = ("trials.parquet", "trial_histories.parquet", "best.json")
 STATUS_MARKERS = {"completed": "o", "stopped": "v", "diverged": "x", "error": "s"}
 
@@ -54,28 +55,40 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_metric_vs_beta(trials: list[dict], best: dict, path: Path) -> None:
-    """Each trial's selected validation metric against its beta, marked by status, coloured by c."""
+def swept_key(best: dict) -> str | None:
+    """The configuration value the metric is plotted against: beta when searched, else the first searched."""
+    keys = [k for k in best["best_config"] if k not in ("seed", "lambda")]
+    return "beta" if "beta" in keys else (keys[0] if keys else None)
+
+
+def plot_metric_vs_param(trials: list[dict], best: dict, key: str, path: Path) -> None:
+    """Each trial's selected validation metric against one configuration value, marked by status
+    (coloured by c where c varies)."""
     import matplotlib.pyplot as plt
 
     metric = best["selection_metric"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    cs = sorted({t["c"] for t in trials})
+    cs = sorted({t["c"] for t in trials if t.get("c") is not None})
     cmap = plt.get_cmap("viridis")
     for status, marker in STATUS_MARKERS.items():
-        shown = [t for t in trials if t["status"] == status]
+        shown = [t for t in trials if t["status"] == status and t.get(key) is not None]
         if not shown:
             continue
         ys = [100 * (t[metric] or 0.0) for t in shown]
-        colours = [cmap(cs.index(t["c"]) / max(1, len(cs) - 1)) for t in shown]
-        ax.scatter([t["beta"] for t in shown], ys, c=colours, marker=marker, label=status)
-    ax.scatter([best["beta"]], [100 * best[metric]], s=200, facecolors="none", edgecolors="red",
-               label=f"best (c = {best['c']:.3g}, beta = {best['beta']:.3g})")
-    ax.axvline(-1.0, color="grey", linestyle=":", linewidth=1)
-    ax.text(-1.0, ax.get_ylim()[0], " ERM", color="grey", va="bottom")
-    ax.set_xlabel("beta")
+        colours = [cmap(cs.index(t["c"]) / max(1, len(cs) - 1)) if cs else cmap(0.3) for t in shown]
+        ax.scatter([t[key] for t in shown], ys, c=colours, marker=marker, label=status)
+    shown_cfg = ", ".join(f"{k} = {best[k]:.3g}" for k in ("c", key) if isinstance(best.get(k), int | float))
+    ax.scatter([best[key]], [100 * best[metric]], s=200, facecolors="none", edgecolors="red",
+               label=f"best ({shown_cfg})")
+    if key == "beta":
+        ax.axvline(-1.0, color="grey", linestyle=":", linewidth=1)
+        ax.text(-1.0, ax.get_ylim()[0], " ERM", color="grey", va="bottom")
+    xs = [t[key] for t in trials if isinstance(t.get(key), int | float)]
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 20:  # log-uniform draws (lr, eta, C...)
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
     ax.set_ylabel(f"{metric} (%), selected epoch")
-    title = f"{best['name']}: {len(trials)} trials"
+    title = f"{best['name']}: {len(trials)} trials of {best.get('method', '')}"
     if len(cs) > 1:
         title += f", c from {min(cs):.3g} (dark) to {max(cs):.3g} (light)"
     ax.set_title(title)
@@ -123,13 +136,13 @@ def plot_learning_curves(histories: list[dict], best: dict, path: Path) -> None:
     ax_m.set_xlabel("epoch")
     ax_m.set_ylabel(f"{metric} (%)")
     ax_l.set_xlabel("epoch")
-    ax_l.set_ylabel("training loss (L_ext for GERNE)")
+    ax_l.set_ylabel("training loss (the back-propagated one: L_ext for GERNE)")
     ax_l.set_yscale("symlog", linthresh=1e-2)
     fig.suptitle(f"{best['name']}: learning curves of {len(by_trial)} trials (best in red)")
     _save(fig, path)
 
 
-def render_markdown(trials: list[dict], best: dict) -> str:
+def render_markdown(trials: list[dict], best: dict, plots: list[str]) -> str:
     """report.md: the best configuration, the seed statistics and the table of trials."""
     metric = best["selection_metric"]
     s = best["search"]
@@ -147,10 +160,8 @@ def render_markdown(trials: list[dict], best: dict) -> str:
         "|" + "---|" * len(cfg),
         "| " + " | ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in cfg.values()) + " |",
         "",
-        f"Trial {best['trial_id']}, epoch {best['best_epoch']} of {best['epochs_run']}; beta's exact bounds "
-        f"for c = {best['c']:.4g}: [{best['beta_bounds_exact'][0]:.4g}, {best['beta_bounds_exact'][1]:.4g}]"
-        if best["beta_bounds_exact"][0] is not None and best["beta_bounds_exact"][1] is not None
-        else f"Trial {best['trial_id']}, epoch {best['best_epoch']} of {best['epochs_run']}.",
+        f"Method {best.get('method', '')}, trial {best['trial_id']}, epoch {best['best_epoch']} of "
+        f"{best['epochs_run']}" + _bounds_text(best) + ".",
         "",
         "| split | GBA | WGA | avg | worst class | minority |",
         "|---|---|---|---|---|---|",
@@ -169,22 +180,32 @@ def render_markdown(trials: list[dict], best: dict) -> str:
                 mean, std = final["mean"][f"{split}_{m}"], final["std"][f"{split}_{m}"]
                 cells.append("" if mean is None else f"{100 * mean:.2f} +- {100 * std:.2f}")
             lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    keys = [k for k in cfg if k != "seed"]
     lines += ["", "## Trials (best first)", "",
-              f"| trial | status | c | beta | lr | weight decay | epochs | best epoch | {metric} "
-              "| test GBA | test WGA |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| trial | status | " + " | ".join(keys)
+              + f" | epochs | best epoch | {metric} | test GBA | test WGA |",
+              "|---|---|" + "---|" * len(keys) + "---|---|---|---|---|"]
     ranked = sorted(trials, key=lambda t: -(t[metric] if t[metric] is not None else -1.0))
     for t in ranked:
+        values = " | ".join(f"{t.get(k):.4g}" if isinstance(t.get(k), int | float) else str(t.get(k, ""))
+                            for k in keys)
         lines.append(
-            f"| {t['trial_id']} | {t['status']} | {t['c']:.4g} | {t['beta']:.4g} | {t['lr']:.3g} | "
-            f"{t['weight_decay']:.3g} | {t['epochs_run']} | {t['best_epoch'] if t['best_epoch'] else ''} | "
-            f"{_pct(t[metric])} | {_pct(t['test_gba'])} | {_pct(t['test_wga'])} |"
+            f"| {t['trial_id']} | {t['status']} | {values} | {t['epochs_run']} | "
+            f"{t['best_epoch'] if t['best_epoch'] else ''} | {_pct(t[metric])} | {_pct(t['test_gba'])} | "
+            f"{_pct(t['test_wga'])} |"
         )
     reasons = [t for t in trials if t["status"] in ("diverged", "error")]
     if reasons:
         lines += ["", "Diverged or failed:", ""] + [f"- {t['trial_id']}: {t['reason']}" for t in reasons]
-    lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in PLOTS] + [""]
+    lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def _bounds_text(best: dict) -> str:
+    bounds = best.get("beta_bounds_exact")
+    if not bounds or bounds[0] is None or bounds[1] is None:
+        return ""
+    return f"; beta's exact bounds for c = {best['c']:.4g}: [{bounds[0]:.4g}, {bounds[1]:.4g}]"
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -194,11 +215,15 @@ def write_report(run_dir: str | Path) -> Path:
     matplotlib.use("Agg")
     run_dir = Path(run_dir)
     trials, histories, best = load_run(run_dir)
-    plots = run_dir / "plots"
-    plot_metric_vs_beta(trials, best, plots / PLOTS[0])
-    plot_best_groups(best, plots / PLOTS[1])
-    plot_learning_curves(histories, best, plots / PLOTS[2])
+    folder = run_dir / "plots"
+    plots = list(PLOTS)
+    key = swept_key(best)
+    if key is not None:
+        plots.insert(0, f"metric_vs_{key}.png")
+        plot_metric_vs_param(trials, best, key, folder / plots[0])
+    plot_best_groups(best, folder / "best_groups.png")
+    plot_learning_curves(histories, best, folder / "learning_curves.png")
     path = run_dir / "report.md"
-    text = render_markdown(trials, best)
+    text = render_markdown(trials, best, plots)
     results.atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path

@@ -11,6 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gerne_ray.metrics import METRIC_NAMES
+
 
 def atomic_write(path: Path, write) -> None:
     """Write path via write(tmp) on a temporary file beside it, then an atomic rename."""
@@ -50,3 +52,43 @@ def write_rows_parquet(path: str | Path, rows: list[dict]) -> None:
 def read_json(path: str | Path) -> dict:
     """Read a JSON result file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# -- The keys of run results, declared once (read by training, tuning, compare, report and cli) -----
+# Split codes as in gerne_ray.data.base (TRAIN 0, VAL 1, TEST 2): the splits evaluated after an epoch.
+EVAL_SPLITS = {"val": 1, "test": 2}
+METRIC_KEYS = tuple(f"{split}_{m}" for split in EVAL_SPLITS for m in METRIC_NAMES)
+SHOWN_METRICS = ("val_gba", "val_wga", "test_gba", "test_wga")  # what the terminal prints after a run
+# Configuration keys a search may set besides the method's own hyperparameters.
+OPTIM_KEYS = ("lr", "weight_decay")
+DERIVED_KEYS = ("lambda",)  # recorded with a configuration, never set on a spec
+SEED_KEY = "seed"
+
+
+def objective_key(metric: str) -> str:
+    """The reported key holding the best value of `metric` so far (what Tune and Optuna maximise)."""
+    return f"best_{metric}"
+
+
+def select_epoch(history: list[dict], metric: str) -> dict | None:
+    """The completed epoch with the highest validation metric (earliest on ties), or None."""
+    done = [r for r in history if r["status"] == "ok" and math.isfinite(r[metric])]
+    return max(done, key=lambda r: (r[metric], -r["epoch"])) if done else None
+
+
+def epoch_metrics(row: dict, history: list[dict], metric: str) -> dict:
+    """The scalars reported for an epoch, plus the best finite value of `metric` so far (0 if none).
+
+    Optuna takes a trial's last report as its value and ASHA compares reports at its rungs: the
+    running best makes both see the trial's selected epoch, and a diverged trial a finite worst value.
+    """
+    best = select_epoch(history, metric)
+    out = {k: v for k, v in row.items() if isinstance(v, int | float | str)}
+    out[objective_key(metric)] = best[metric] if best else 0.0
+    return out
+
+
+def history_rows(history: list[dict]) -> list[dict]:
+    """History rows with a fixed schema (missing keys padded with None) for Parquet."""
+    keys = list(dict.fromkeys(k for r in history for k in r))
+    return [{k: r.get(k) for k in keys} for r in history]

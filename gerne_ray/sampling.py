@@ -8,6 +8,8 @@ workers by ``rank_share``; rank r draws its share per class from its own random 
 - Less-biased batch, per slot: with probability 1 - c uniform over X_y, else one of the A_y
   non-empty groups of class y uniformly, then uniform within it. So
   p_lb(a|y) = (1 - c) alpha_ya + c / A_y, and an empty group is never drawn.
+- Weighted batch (JTT's upsampled training set): `share` x K rows, classes ignored, row i with
+  probability w_i / sum(w).
 
 Indices are positions into the ``y``/``a`` arrays given at construction, grouped by class
 (class 0's slots first); order within a batch carries no meaning.
@@ -123,6 +125,19 @@ class PairedSampler:
         pos_group = self._ne_group_start[j] + rng.integers(0, self._ne_group_n[j])
         pos_class = self._uniform_in_class()
         return self._order[np.where(balanced, pos_group, pos_class)]
+
+    def weighted(self, weights: np.ndarray) -> np.ndarray:
+        """Indices of this rank's weighted batch: `share` x K rows, row i with probability w_i / sum(w)."""
+        w = np.asarray(weights, dtype=np.float64)
+        n = self._order.size
+        if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
+            raise GerneError(
+                f"sampler weights must be {n} finite non-negative numbers (one per training row) with a "
+                f"positive sum; got shape {w.shape}"
+            )
+        cdf = np.cumsum(w)
+        cdf /= cdf[-1]  # ends at exactly 1.0, so every draw u in [0, 1) lands on a row of positive weight
+        return np.searchsorted(cdf, self._rng.random(self._slot_class.size), side="right").astype(np.int64)
 
     def state_dict(self) -> dict:
         """The random stream's position as a JSON-serialisable dict."""

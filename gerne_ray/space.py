@@ -47,11 +47,10 @@ def beta_range(stats: groups.GroupStats, c: float, bounds: str, margin: float) -
     return groups.beta_of(lam_lo, c), groups.beta_of(lam_hi, c)
 
 
-def suggest(trial: optuna.Trial, stats: groups.GroupStats, search: SearchSpec) -> dict:
-    """Draw one configuration (c, beta, and lr / weight_decay when searched) from an Optuna trial.
+def suggest_c_beta(trial: optuna.Trial, stats: groups.GroupStats, search: SearchSpec) -> dict:
+    """Draw c (when more than one is offered), then lambda inside the bounds; return c and beta.
 
-    Define-by-run: Optuna's parameters are c (when more than one is offered), lambda, lr and
-    weight_decay; the returned dict holds the training configuration, beta derived from lambda.
+    Define-by-run: Optuna's parameters are c and lambda; beta is derived from lambda.
     """
     cs = search.space.c
     if isinstance(cs, list):
@@ -59,9 +58,23 @@ def suggest(trial: optuna.Trial, stats: groups.GroupStats, search: SearchSpec) -
     else:
         c = trial.suggest_float("c", cs.low, cs.high) if cs.low < cs.high else cs.low
     lam = trial.suggest_float("lambda", *lambda_range(stats, search.bounds, search.margin))
-    config = {"c": float(c), "beta": groups.beta_of(lam, float(c))}
+    return {"c": float(c), "beta": groups.beta_of(lam, float(c))}
+
+
+def suggest_optim(trial: optuna.Trial, search: SearchSpec) -> dict:
+    """Draw lr and weight_decay (log-uniform) where search.space gives their ranges."""
+    config = {}
     if search.space.lr is not None:
         config["lr"] = trial.suggest_float("lr", *search.space.lr, log=True)
     if search.space.weight_decay is not None:
         config["weight_decay"] = trial.suggest_float("weight_decay", *search.space.weight_decay, log=True)
     return config
+
+
+def suggest(trial: optuna.Trial, stats: groups.GroupStats, search: SearchSpec) -> dict:
+    """Draw one GERNE configuration (c, beta, and lr / weight_decay when searched) from an Optuna trial.
+
+    Define-by-run: Optuna's parameters are c (when more than one is offered), lambda, lr and
+    weight_decay; the returned dict holds the training configuration, beta derived from lambda.
+    """
+    return {**suggest_c_beta(trial, stats, search), **suggest_optim(trial, search)}

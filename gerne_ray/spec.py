@@ -13,9 +13,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from gerne_ray import methods
 from gerne_ray.errors import GerneError
+from gerne_ray.methods.base import MethodParams
 
 MAX_SPEC_BYTES = 1_000_000
 VALIDATION_METRICS = (
@@ -67,19 +78,6 @@ class ModelSpec(_Strict):
     pretrained: bool = False
     hidden: int = Field(100, gt=0, description="hidden width of the mlp (and of bert when not pretrained)")
     name: str = Field("bert-base-uncased", description="bert: the Hugging Face model whose weights to load")
-
-
-class MethodSpec(_Strict):
-    """The training method and its hyperparameters (c, beta; t for unknown attributes)."""
-
-    name: Literal["gerne", "erm", "resample", "reweight"] = "gerne"
-    c: Unit = 0.5
-    beta: float = 0.0
-    t: float = Field(0.01, gt=0, lt=0.5)
-    forward: Literal["auto", "two", "concat", "split_bn"] = "auto"
-    paired_diagnostics: bool = Field(
-        False, description="also all-reduce grad L_b and grad L_lb and report their norms and cosine"
-    )
 
 
 class OptimSpec(_Strict):
@@ -185,11 +183,28 @@ class JobSpec(_Strict):
     seed: int = Field(0, ge=0)
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
-    method: MethodSpec = Field(default_factory=MethodSpec)
+    method: SerializeAsAny[MethodParams] = Field(
+        default_factory=lambda: methods.params_class("gerne")(),
+        description="the training method and its hyperparameters: {name: <method>, ...} (gerne-ray methods)",
+    )
     optim: OptimSpec = Field(default_factory=OptimSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_by_name(cls, value: Any) -> Any:
+        """Validate the method section with the Params of the method it names (default gerne)."""
+        if isinstance(value, MethodParams):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError("write the method as a mapping with its name, e.g. {name: gerne, c: 0.5}")
+        name = value.get("name", "gerne")
+        if not isinstance(name, str) or name not in methods.names():
+            choice = create_model("MethodName", name=(Literal[tuple(methods.names())], ...))
+            choice.model_validate({"name": name})  # raises, naming method.name and the choices
+        return methods.params_class(name).model_validate({**value, "name": name})
 
     @model_validator(mode="after")
     def _selection_without_attribute_labels(self) -> JobSpec:
@@ -205,6 +220,13 @@ class JobSpec(_Strict):
                 "data.attribute_labels is none; use val_worst_class (the default then), val_class_balanced "
                 "or val_avg"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _method_has_its_labels(self) -> JobSpec:
+        problem = missing_labels(self.method.name, self.data)
+        if problem:
+            raise ValueError(f"method.name: {problem}")
         return self
 
     @model_validator(mode="after")
@@ -232,6 +254,20 @@ class JobSpec(_Strict):
 
 
 SpecLike = JobSpec | dict | str | Path
+
+
+def missing_labels(method: str, data: DataSpec) -> str | None:
+    """Why a method cannot run with the attribute labels the data has (None when it can)."""
+    cls = methods.get(method)
+    if data.attributes != "unknown":
+        return None
+    if cls.needs_train_attributes:
+        return (f"{method} needs the training split's attribute labels, but data.attributes is unknown; "
+                "use data.attributes: known, or a method that does without (erm, jtt, lff, gerne)")
+    if cls.needs_val_attributes and data.attribute_labels == "none":
+        return (f"{method} needs validation attribute labels, but data.attribute_labels is none; "
+                "use val_only or train_val, or a method that does without (erm, jtt, lff, gerne)")
+    return None
 
 
 def read_spec_file(path: str | Path) -> dict:
@@ -269,7 +305,11 @@ def read_spec_file(path: str | Path) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Return a copy of raw with each `key.path=value` set (value parsed as YAML)."""
+    """Return a copy of raw with each `key.path=value` set (value parsed as YAML).
+
+    `method.name=<other method>` switches the method: the old method's keys the new one does not
+    have are dropped (its own keys, set before or after, stay).
+    """
     raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -283,10 +323,22 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise GerneError(f"--set {item!r}: {part} is a value, not a section")
             node = child
         try:
-            node[leaf] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as err:
             raise GerneError(f"--set {item!r}: the value is not valid YAML") from err
+        if parents == ["method"] and leaf == "name" and parsed != node.get("name", "gerne"):
+            node = _switch_method(node, parsed)
+            raw["method"] = node
+        node[leaf] = parsed
     return raw
+
+
+def _switch_method(section: dict, name: object) -> dict:
+    """A method section switched to another method: the keys the new method does not have are dropped."""
+    if not isinstance(name, str) or name not in methods.names():
+        return section  # validation names the choices
+    known = methods.params_class(name).model_fields
+    return {k: v for k, v in section.items() if k in known}
 
 
 def load_spec(spec: SpecLike, overrides: list[str] | None = None) -> JobSpec:
@@ -307,11 +359,17 @@ def load_spec(spec: SpecLike, overrides: list[str] | None = None) -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as err:
-        raise GerneError(f"{source}: {describe_validation_error(err)}") from None
+        raise GerneError(f"{source}: {describe_validation_error(err, raw)}") from None
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
+def _model_at(loc: tuple, raw: Any = None) -> type[BaseModel] | None:
     model: Any = JobSpec
+    if loc[:1] == ("method",):  # the section's model is the one of the method it names
+        section = raw.get("method") if isinstance(raw, dict) else None
+        name = section.get("name", "gerne") if isinstance(section, dict) else "gerne"
+        if not isinstance(name, str) or name not in methods.names():
+            return None
+        model, loc = methods.params_class(name), loc[1:]
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         annotation = field.annotation if field else None
@@ -321,7 +379,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def describe_validation_error(err: ValidationError) -> str:
+def describe_validation_error(err: ValidationError, raw: Any = None) -> str:
     """One line per problem, joined: the field's dotted path, what is wrong, how to fix it."""
     parts = []
     errors = []
@@ -343,9 +401,11 @@ def describe_validation_error(err: ValidationError) -> str:
         if not loc and e["type"] == "value_error":  # a check across sections: its message names the field
             parts.append(e["msg"].removeprefix("Value error, "))
         elif e["type"] == "extra_forbidden":
-            parent = _model_at(loc[:-1])
+            parent = _model_at(loc[:-1], raw)
             allowed = ", ".join(parent.model_fields) if parent else "see the spec reference"
-            parts.append(f"{field}: unknown key; remove it or use one of: {allowed}")
+            owner = f" of method {parent.model_fields['name'].default}" if loc[:1] == ("method",) and parent \
+                else ""
+            parts.append(f"{field}: unknown key{owner}; remove it or use one of: {allowed}")
         elif e["type"] == "missing":
             parts.append(f"{field}: required; add it to the spec")
         else:

@@ -40,31 +40,17 @@ from ray import tune as ray_tune
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from gerne_ray import groups, metrics, pseudo, results, space
+from gerne_ray import groups, methods, pseudo, results, space
 from gerne_ray.data.base import GroupedDataset
 from gerne_ray.distributed import ensure_ray, read_checkpoint, user_error
 from gerne_ray.errors import GerneError
+from gerne_ray.loop import CHECKPOINT_FILE, Prepared, WorkerContext, save_state, train_loop
+from gerne_ray.results import METRIC_KEYS, OPTIM_KEYS, SEED_KEY, epoch_metrics, history_rows, objective_key
 from gerne_ray.spec import JobSpec, SpecLike, load_spec
 from gerne_ray.storage import RunFolder
-from gerne_ray.training import (
-    CHECKPOINT_FILE,
-    EVAL_SPLITS,
-    Prepared,
-    WorkerContext,
-    claim_run_dir,
-    epoch_metrics,
-    history_rows,
-    objective_key,
-    prepare,
-    read_spec_json,
-    save_state,
-    summarize,
-    train_loop,
-)
+from gerne_ray.training import claim_run_dir, prepare, read_spec_json, run_first_stages, summarize
 
 log = logging.getLogger(__name__)
-SEARCHED_METHODS = ("gerne", "reweight")
-CONFIG_KEYS = ("c", "beta", "lambda", "t", "lr", "weight_decay", "seed")
 RAY_LOGGERS = ("ray.train", "ray.tune")  # their INFO lines ("Checkpoint successfully created") every epoch
 FINAL_DIR = "final"
 JOURNAL_FILE = "optuna.journal"
@@ -86,7 +72,7 @@ class TuneResult:
 
     @property
     def config(self) -> dict:
-        """The best configuration: c, beta, lambda (and lr, weight_decay when searched)."""
+        """The best configuration: the method's searched hyperparameters (and lr, weight_decay, seed)."""
         return self.best["best_config"]
 
 
@@ -117,14 +103,13 @@ def trial_spec(spec: JobSpec, config: dict, name: str, storage: str | Path) -> J
     raw = spec.model_dump(mode="json")
     raw["name"] = name
     raw["storage"]["path"] = str(storage)
-    raw["method"]["c"] = float(config["c"])
-    raw["method"]["beta"] = float(config["beta"])
-    if "t" in config:
-        raw["method"]["t"] = float(config["t"])
-    for key in ("lr", "weight_decay"):
-        if key in config:
-            raw["optim"][key] = float(config[key])
-    raw["seed"] = int(config.get("seed", spec.seed))
+    params = methods.params_class(spec.method.name).model_fields
+    for key, value in config.items():
+        if key in params:
+            raw["method"][key] = value
+        elif key in OPTIM_KEYS:
+            raw["optim"][key] = float(value)
+    raw["seed"] = int(config.get(SEED_KEY, spec.seed))
     return JobSpec.model_validate(raw)
 
 
@@ -160,17 +145,21 @@ def t_range(search, ranking) -> tuple[float, float]:
     return lo, hi
 
 
-def optuna_space(trial, stats: groups.GroupStats, search, ranking: pseudo.Ranking | None = None,
+def optuna_space(trial, stats: groups.GroupStats, search, params, ranking: pseudo.Ranking | None = None,
                  num_attributes: int = 2) -> dict:
     """The define-by-run space handed to OptunaSearch: derived values returned as constants.
 
-    With unknown attributes t comes first: beta's bounds follow from its pseudo-group counts.
+    With unknown attributes t comes first: beta's bounds follow from its pseudo-group counts. Then the
+    method's own hyperparameters (`Method.suggest`), then lr and weight decay where searched.
     """
+    config = {}
     if ranking is not None:
-        t = trial.suggest_float("t", *t_range(search, ranking))
-        stats = pseudo.pseudo_stats(ranking, t, num_attributes)
-    config = space.suggest(trial, stats, search)
-    config["lambda"] = groups.lambda_of(config["beta"], config["c"])
+        config["t"] = trial.suggest_float("t", *t_range(search, ranking))
+        stats = pseudo.pseudo_stats(ranking, config["t"], num_attributes)
+    config.update(methods.get(params.name).suggest(trial, stats, search, params))
+    config.update(space.suggest_optim(trial, search))
+    if "c" in config and "beta" in config:
+        config["lambda"] = groups.lambda_of(config["beta"], config["c"])
     config["trial_number"] = trial.number  # the order of suggestion (Tune's trial ids are random)
     return {k: v for k, v in config.items() if k not in trial.params}
 
@@ -216,13 +205,11 @@ def make_searcher(spec: JobSpec, stats: groups.GroupStats, run_dir: Path,
                   ranking: pseudo.Ranking | None = None, num_attributes: int = 2) -> JournalOptunaSearch:
     """OptunaSearch over the bounded space: TPE seeded by the spec, the study in a journal file."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if ranking is None:
-        space.lambda_range(stats, spec.search.bounds, spec.search.margin)  # a balanced table: clear error now
-    else:
+    if ranking is not None:
         t_range(spec.search, ranking)
     searcher = JournalOptunaSearch(
         space=functools.partial(optuna_space, stats=stats, search=spec.search, ranking=ranking,
-                                num_attributes=num_attributes),
+                                num_attributes=num_attributes, params=spec.method),
         metric=objective_key(spec.search.metric),
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=spec.seed),
@@ -273,7 +260,8 @@ class Progress(Callback):
         elif outcome == "completed" and epoch < self.epochs:
             outcome = f"stopped at epoch {epoch}"
         shown = "" if best is None else f"{self.metric} {100 * best:6.2f}"
-        values = " ".join(f"{k}={cfg[k]:.4g}" for k in ("c", "beta", "lr", "seed") if k in cfg)
+        values = " ".join(f"{k}={v:.4g}" for k, v in cfg.items()
+                          if k not in ("trial_number", "lambda") and isinstance(v, int | float))
         print(f"  {self.label} {done:>3}/{self.total} {trial.trial_id} {values:34s} {shown:18s} "
               f"{outcome} ({time.perf_counter() - self.start:.0f} s)", flush=True)
 
@@ -346,10 +334,10 @@ def final_seeds(spec: JobSpec) -> list[int]:
     return [spec.seed + 1 + i for i in range(spec.search.final_seeds)]
 
 
-def run_final(spec: JobSpec, prepared: Prepared, folder: RunFolder, config: dict):
-    """Train the best configuration with each final seed (a grid experiment in <run>/final)."""
+def run_final(spec: JobSpec, prepared: Prepared, folder: RunFolder, best: dict):
+    """Train the best trial's configuration with each final seed (a grid experiment in <run>/final)."""
     seeds = final_seeds(spec)
-    fixed = {k: config[k] for k in CONFIG_KEYS if k in config and k != "seed"}
+    fixed = {k: best[k] for k in config_keys([best]) if k != SEED_KEY and best.get(k) is not None}
     args = {
         "param_space": {**fixed, "seed": ray_tune.grid_search(seeds)},
         "tune_config": ray_tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent,
@@ -395,7 +383,7 @@ def collect(spec: JobSpec, prepared: Prepared, grid, folder: RunFolder, stage: s
     trials = []
     for result in grid:
         trial_id = Path(result.path).name
-        config = {k: result.config[k] for k in CONFIG_KEYS if k in result.config}
+        config = {k: v for k, v in result.config.items() if k != "trial_number"}
         tspec = trial_spec(spec, config, trial_id, f"{folder.location}/train")
         history = trial_history(result, folder)
         summary = summarize(tspec, prepared.for_spec(tspec), history)
@@ -404,19 +392,34 @@ def collect(spec: JobSpec, prepared: Prepared, grid, folder: RunFolder, stage: s
             status, reason = "error", _first_line(result.error)
         elif status == "completed" and summary["epochs_run"] < spec.optim.epochs:
             status, reason = "stopped", f"stopped early by the scheduler after epoch {summary['epochs_run']}"
+        summary.update(config)
         summary.update(status=status, reason=reason, name=spec.name, trial_id=trial_id, stage=stage,
                        seed=tspec.seed, lr=tspec.optim.lr, weight_decay=tspec.optim.weight_decay,
-                       trial_number=result.config.get("trial_number", tspec.seed))
+                       trial_number=result.config.get("trial_number", tspec.seed),
+                       searched=[k for k in config if k != SEED_KEY])
         summary["history"] = history
         trials.append(summary)
     return sorted(trials, key=lambda t: t["trial_number"])
 
 
+def config_keys(trials: list[dict]) -> list[str]:
+    """The configuration columns of these trials: what was searched, then lr, weight decay and seed."""
+    keys = [k for t in trials for k in t.get("searched", [])]
+    return list(dict.fromkeys([*keys, *OPTIM_KEYS, SEED_KEY]))
+
+
+def searches_anything(spec: JobSpec, prepared: Prepared) -> bool:
+    """Whether the spec's search has a parameter: the method's own, t (pseudo-groups) or lr / weight decay."""
+    method = methods.get(spec.method.name)
+    pseudo_t = prepared.unknown and method.uses_groups
+    return method.searchable() or pseudo_t or any(getattr(spec.search.space, k) for k in OPTIM_KEYS)
+
+
 def trial_rows(trials: list[dict]) -> list[dict]:
     """trials.parquet's rows: config, status, the selected epoch's metrics and per-group tables."""
     drop = {"config", "history", "train_groups", "val_missing_groups", "test_missing_groups",
-            "beta_bounds_exact", "name"}
-    first = ("trial_number", "trial_id", "stage", "status", "reason", *CONFIG_KEYS)
+            "beta_bounds_exact", "name", "searched", "params"}
+    first = ("trial_number", "trial_id", "stage", "status", "reason", *config_keys(trials))
     rows = []
     for t in trials:
         row = {k: t.get(k) for k in first}
@@ -448,7 +451,7 @@ def pick_best(trials: list[dict], metric: str) -> dict:
 def seed_statistics(runs: list[dict]) -> dict:
     """Mean and standard deviation (ddof 0) over the final seeds of every validation and test metric."""
     out: dict = {"seeds": [r["seed"] for r in runs], "runs": [], "mean": {}, "std": {}}
-    keys = [f"{split}_{m}" for split in EVAL_SPLITS for m in metrics.METRIC_NAMES]
+    keys = METRIC_KEYS
     for r in runs:
         out["runs"].append({"trial_id": r["trial_id"], "seed": r["seed"], "status": r["status"],
                             "best_epoch": r["best_epoch"], **{k: r[k] for k in keys}})
@@ -463,7 +466,7 @@ def best_summary(spec: JobSpec, best: dict, trials: list[dict], final: list[dict
     """best.json: the best trial keyed as result.json, its configuration, the search and seed statistics."""
     out = {k: v for k, v in best.items() if k not in ("history", "stage", "trial_number")}
     out["name"] = spec.name
-    out["best_config"] = {k: best[k] for k in CONFIG_KEYS if k in best and best[k] is not None}
+    out["best_config"] = {k: best[k] for k in config_keys([best]) if best.get(k) is not None}
     out["search"] = {
         "trials": len(trials),
         **{s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped", "diverged", "error")},
@@ -488,14 +491,16 @@ def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDat
     from gerne_ray import report
 
     spec = load_spec(spec, overrides)
-    if spec.method.name not in SEARCHED_METHODS:
+    method = methods.get(spec.method.name)
+    prepared = prepare(spec, dataset, check_method=False)
+    if not searches_anything(spec, prepared):
         raise GerneError(
-            f"method.name: a search varies beta, which {spec.method.name} does not use; set method.name: "
-            "gerne (or reweight), or train one configuration with `gerne-ray train`"
+            f"method.name: {spec.method.name} has no hyperparameter of its own to search; give "
+            "search.space.lr or search.space.weight_decay a range, or train one configuration with "
+            "`gerne-ray train`"
         )
-    prepared = prepare(spec, dataset, check_beta=False)
-    if spec.data.attributes == "known":
-        space.lambda_range(prepared.stats, spec.search.bounds, spec.search.margin)
+    if not prepared.unknown:  # a table without bounds: one clear line now
+        method.check_search(prepared.stats, spec.search)
     if run_dir is not None:  # resume a folder that may have moved: its name and parent rule
         moved = RunFolder.at(run_dir)
         spec = load_spec(spec, [f"name={moved.name}", f"storage.path={moved.storage}"])
@@ -506,8 +511,7 @@ def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDat
     folder.check_writable()
     claim_run_dir(spec)
     run_dir = folder.local
-    if spec.data.attributes == "unknown":  # stage 1 and 2, once per job: every trial cuts its own t
-        prepared.ranking = pseudo.biased_ranking(spec, prepared.dataset, folder)
+    prepared = run_first_stages(spec, prepared, folder)  # once per job: every trial cuts its own t
     print(f"gerne-ray tune {spec.name}: {spec.search.num_samples} trials of {spec.method.name} on "
           f"{spec.data.dataset}, maximising {spec.search.metric}; results in {folder.location}", flush=True)
     trials = collect(spec, prepared, search(spec, prepared, folder), folder, "search")

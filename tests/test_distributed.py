@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from gerne_ray.cli import main
+from gerne_ray.data.base import TRAIN
+from gerne_ray.loop import load_state
 from gerne_ray.models import build_model
 from gerne_ray.sampling import PairedSampler
 from gerne_ray.spec import JobSpec, load_spec
-from gerne_ray.training import TRAIN, load_state, prepare, train
+from gerne_ray.training import prepare, train
 
 BASE = {
     "name": "d",
@@ -36,8 +38,10 @@ def _grad_worker(config: dict) -> None:
     """One GERNE step of the production pieces on a Ray Train worker; rank 0 saves the gradient."""
     import ray.train
 
+    from gerne_ray import methods
     from gerne_ray.distributed import RayTrainContext
-    from gerne_ray.training import Prepared, draw_rows, loss_scale, method_losses
+    from gerne_ray.loop import Prepared, loss_scale
+    from gerne_ray.methods import Batch
 
     spec = JobSpec.model_validate(config["spec"])
     prepared: Prepared = config["prepared"]
@@ -49,11 +53,14 @@ def _grad_worker(config: dict) -> None:
     sampler = PairedSampler(ds.y[idx], ds.a[idx], ds.num_classes, ds.num_attributes,
                             spec.optim.batch_size_per_class, spec.method.c, spec.seed,
                             ctx.rank, ctx.world_size)
-    local, n_biased = draw_rows(spec.method.name, sampler)
+    method = methods.get(spec.method.name)(spec.method, prepared.stats, ctx)
+    method.models = {"model": model}
+    local, n_biased = method.draw(sampler)
     rows = torch.as_tensor(idx[local])
-    losses = method_losses(spec, model, ds.inputs[rows], torch.tensor(ds.y)[rows], torch.tensor(ds.a)[rows],
-                           n_biased, None)
-    (loss_scale(sampler, ctx) * losses.loss).backward()
+    scale = loss_scale(sampler, ctx)
+    losses = method.losses(Batch(ds.inputs[rows], torch.tensor(ds.y)[rows], torch.tensor(ds.a)[rows], local,
+                                 n_biased, scale))
+    method.backward(losses, scale)
     if ctx.rank == 0:
         torch.save([p.grad for p in model.parameters()], config["out"])
     ray.train.report({"done": 1})

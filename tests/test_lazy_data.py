@@ -9,8 +9,9 @@ from gerne_ray.data import load_dataset
 from gerne_ray.data.base import GroupedDataset, as_model_input
 from gerne_ray.data.images import ImageFiles
 from gerne_ray.errors import GerneError
+from gerne_ray.loop import train_loop
 from gerne_ray.spec import load_spec
-from gerne_ray.training import prepare, train_loop
+from gerne_ray.training import prepare
 
 SPEC = {
     "name": "lazy",

@@ -76,7 +76,7 @@ def test_evaluation_uses_wilds_overlapping_groups_when_the_dataset_has_identitie
     from gerne_ray.data.base import GroupedDataset
     from gerne_ray.data.civilcomments import IDENTITIES, wilds_worst_group_accuracy
     from gerne_ray.groups import GroupStats
-    from gerne_ray.training import WorkerContext, evaluate
+    from gerne_ray.loop import WorkerContext, evaluate
 
     rng = np.random.default_rng(0)
     n = 60

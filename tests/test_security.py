@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from gerne_ray.errors import GerneError
+from gerne_ray.loop import load_state
 from gerne_ray.spec import read_spec_file
-from gerne_ray.training import load_state
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gerne_ray"
 

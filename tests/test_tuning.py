@@ -21,8 +21,9 @@ import pytest
 from gerne_ray import cli, groups
 from gerne_ray.data import load_dataset
 from gerne_ray.errors import GerneError
+from gerne_ray.loop import training_stats
+from gerne_ray.results import epoch_metrics, select_epoch
 from gerne_ray.spec import load_spec
-from gerne_ray.training import epoch_metrics, select_epoch, training_stats
 from gerne_ray.tuning import (
     final_seeds,
     make_scheduler,
@@ -138,9 +139,10 @@ def test_searcher_is_seeded_and_inside_the_bounds(tmp_path, stats, metric):
     assert [c["trial_number"] for c in first] == list(range(14))
 
 
-def test_tune_refuses_a_method_without_beta(tmp_path):
-    with pytest.raises(GerneError, match="method.name: a search varies beta"):
-        tune(spec_in(tmp_path, method={"name": "erm"}))
+def test_tune_refuses_a_method_with_nothing_to_search(tmp_path):
+    with pytest.raises(GerneError, match="method.name: erm has no hyperparameter of its own to search"):
+        tune(load_spec(spec_in(tmp_path), ["method.name=erm"]))
+    assert not (tmp_path / "runs").exists()
 
 
 # ---- real Tune experiments ---------------------------------------------------------------------
