@@ -175,10 +175,11 @@ def compare(spec: SpecLike, method_names: str | list[str], overrides: list[str] 
     dataset = dataset if dataset is not None else load_dataset(base.data)  # loaded once for every method
     rows: list[dict] = []
     for mspec in specs:
-        if not searches_anything(mspec, prepare(mspec, dataset, check_method=False)):
+        fixed = not searches_anything(mspec, prepare(mspec, dataset, check_method=False))
+        if fixed:
             mspec = load_spec(mspec, ["search.num_samples=1"])  # nothing to vary: one trial
         print(f"{mspec.method.name}:", flush=True)
-        rows += run_rows(mspec.method.name, tune(mspec, dataset=dataset).best)
+        rows += run_rows(mspec.method.name, tune(mspec, dataset=dataset, allow_fixed=fixed).best)
     run_dir = folder.local
     results.write_rows_parquet(run_dir / "compare.parquet", rows)
     plot_compare(rows, run_dir / "plots" / "compare.png")

@@ -481,10 +481,12 @@ def best_summary(spec: JobSpec, best: dict, trials: list[dict], final: list[dict
 
 
 def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDataset | None = None,
-         run_dir: str | Path | None = None) -> TuneResult:
+         run_dir: str | Path | None = None, allow_fixed: bool = False) -> TuneResult:
     """Search the spec's space with Ray Tune + Optuna, resuming its run folder if it holds a search.
 
     Returns the best trial (best.json's content: config, metrics, seed statistics) and the trials table.
+    allow_fixed: a spec with nothing to search runs its one configuration (search.num_samples of it)
+    instead of being refused (gerne_ray.compare does this with one trial).
     """
     import pandas as pd
 
@@ -493,7 +495,7 @@ def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDat
     spec = load_spec(spec, overrides)
     method = methods.get(spec.method.name)
     prepared = prepare(spec, dataset, check_method=False)
-    if not searches_anything(spec, prepared):
+    if not allow_fixed and not searches_anything(spec, prepared):
         raise GerneError(
             f"method.name: {spec.method.name} has no hyperparameter of its own to search; give "
             "search.space.lr or search.space.weight_decay a range, or train one configuration with "
