@@ -38,7 +38,38 @@ class GERNEParams(MethodParams):
     )
 
 
-class GERNE(Method):
+class BoundedBeta(Method):
+    """A method configured by (c, beta) inside beta's bounds: its check, search space and result keys."""
+
+    search_ranges = {
+        "c": "search.space.c (a set or a range)",
+        "beta": "lambda = c (beta + 1) uniform inside beta's bounds (search.bounds, search.margin)",
+    }
+
+    @classmethod
+    def check(cls, params, stats: groups.GroupStats) -> None:
+        """beta inside the exact bounds for c."""
+        groups.check_beta(stats, params.c, params.beta)
+
+    @classmethod
+    def suggest(cls, trial, stats: groups.GroupStats, search, params) -> dict:
+        """c, then lambda inside the bounds (beta = lambda / c - 1)."""
+        return space.suggest_c_beta(trial, stats, search)
+
+    @classmethod
+    def check_search(cls, stats: groups.GroupStats, search) -> None:
+        """A table without bounds (every class balanced) has no beta to search."""
+        space.lambda_range(stats, search.bounds, search.margin)
+
+    @classmethod
+    def describe(cls, params, stats: groups.GroupStats) -> dict:
+        """c, beta, lambda = c (beta + 1) and beta's exact bounds for c."""
+        lo, hi = groups.exact_bounds(stats, params.c)
+        return {"c": params.c, "beta": params.beta, "lambda": groups.lambda_of(params.beta, params.c),
+                "beta_bounds_exact": [lo, hi]}
+
+
+class GERNE(BoundedBeta):
     """Gradient extrapolation: L_ext = L_lb + beta (L_lb - L_b), one backward."""
 
     name = "gerne"
@@ -47,15 +78,6 @@ class GERNE(Method):
     loss_keys = ("loss", "loss_b", "loss_lb", "loss_ext")
     batches_per_step = 2
     uses_groups = True
-    search_ranges = {
-        "c": "search.space.c (a set or a range)",
-        "beta": "lambda = c (beta + 1) uniform inside beta's bounds (search.bounds, search.margin)",
-    }
-
-    @classmethod
-    def check(cls, params: GERNEParams, stats: groups.GroupStats) -> None:
-        """beta inside the exact bounds for c."""
-        groups.check_beta(stats, params.c, params.beta)
 
     @property
     def sampler_c(self) -> float:
@@ -94,24 +116,3 @@ class GERNE(Method):
         mean = (lambda t: ctx.all_reduce_sum(t) / ctx.world_size) if ctx.world_size > 1 else None
         return paired_gradients(params, scale * losses["loss_b"], scale * losses["loss_lb"],
                                 self.params.beta, mean)
-
-    @classmethod
-    def suggest(cls, trial, stats: groups.GroupStats, search, params) -> dict:
-        """c, then lambda inside the bounds (beta = lambda / c - 1)."""
-        return space.suggest_c_beta(trial, stats, search)
-
-    @classmethod
-    def check_search(cls, stats: groups.GroupStats, search) -> None:
-        """A table without bounds (every class balanced) has no beta to search."""
-        space.lambda_range(stats, search.bounds, search.margin)
-
-    @classmethod
-    def describe(cls, params: GERNEParams, stats: groups.GroupStats) -> dict:
-        """c, beta, lambda and beta's exact bounds for c."""
-        return describe_c_beta(params.c, params.beta, stats)
-
-
-def describe_c_beta(c: float, beta: float, stats: groups.GroupStats) -> dict:
-    """c, beta, lambda = c (beta + 1) and beta's exact bounds for c."""
-    lo, hi = groups.exact_bounds(stats, c)
-    return {"c": c, "beta": beta, "lambda": groups.lambda_of(beta, c), "beta_bounds_exact": [lo, hi]}

@@ -11,9 +11,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from gerne_ray import groups, space
-from gerne_ray.methods.base import Batch, Method, MethodParams, PseudoT
-from gerne_ray.methods.gerne import describe_c_beta
+from gerne_ray import groups
+from gerne_ray.methods.base import Batch, MethodParams, PseudoT
+from gerne_ray.methods.gerne import BoundedBeta
 from gerne_ray.step import weighted_loss
 
 
@@ -26,41 +26,20 @@ class ReweightParams(MethodParams):
     t: PseudoT = 0.01
 
 
-class Reweight(Method):
+class Reweight(BoundedBeta):
     """Mean of p_ext / alpha weighted cross-entropies over a biased batch."""
 
     name = "reweight"
     Params = ReweightParams
     summary = "group-weighted loss on biased batches, GERNE's objective in expectation"
     uses_groups = True
-    search_ranges = {"c": "search.space.c", "beta": "as for gerne (inside the bounds)"}
 
     def __init__(self, params, stats, ctx, stage1=None) -> None:
         super().__init__(params, stats, ctx, stage1)
         weights = groups.reweight_weights(stats, params.c, params.beta)
         self.weights = torch.as_tensor(weights, dtype=torch.float32, device=ctx.device)
 
-    @classmethod
-    def check(cls, params: ReweightParams, stats: groups.GroupStats) -> None:
-        """beta inside the exact bounds for c."""
-        groups.check_beta(stats, params.c, params.beta)
-
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Weighted mean cross-entropy."""
         return {"loss": weighted_loss(self.models["model"], batch.x, batch.y,
                                       self.weights[batch.y, batch.a]).loss}
-
-    @classmethod
-    def suggest(cls, trial, stats: groups.GroupStats, search, params) -> dict:
-        """c, then lambda inside the bounds (beta = lambda / c - 1)."""
-        return space.suggest_c_beta(trial, stats, search)
-
-    @classmethod
-    def check_search(cls, stats: groups.GroupStats, search) -> None:
-        """A table without bounds (every class balanced) has no beta to search."""
-        space.lambda_range(stats, search.bounds, search.margin)
-
-    @classmethod
-    def describe(cls, params: ReweightParams, stats: groups.GroupStats) -> dict:
-        """c, beta, lambda and beta's exact bounds for c."""
-        return describe_c_beta(params.c, params.beta, stats)
