@@ -1,38 +1,35 @@
 """Training methods as plug-ins: one module per method, registered here by name.
 
 Adding a method: write `gerne_ray/methods/<name>.py` with a `Method` subclass (gerne_ray.methods.base
-says what it owns) and add one line to BUILTIN below, or call `register(MyMethod)` from your own code.
-Modules load on first use, so listing a method costs nothing until a spec names it.
+says what it owns) and add it to the registry below (its name in BUILTIN, its class in `_builtin`),
+or call `register(MyMethod)` from your own code. Modules load on first use.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from gerne_ray.errors import GerneError
 from gerne_ray.methods.base import Batch, Method, MethodParams
 
-# name -> "module:Class"
-BUILTIN: dict[str, str] = {
-    "erm": "gerne_ray.methods.erm:ERM",
-    "resample": "gerne_ray.methods.resample:Resample",
-    "reweight": "gerne_ray.methods.reweight:Reweight",
-    "gerne": "gerne_ray.methods.gerne:GERNE",
-    "groupdro": "gerne_ray.methods.groupdro:GroupDRO",
-    "jtt": "gerne_ray.methods.jtt:JTT",
-    "lff": "gerne_ray.methods.lff:LfF",
-    "dfr": "gerne_ray.methods.dfr:DFR",
-}
+# The built-in methods, by name; `_builtin` imports them on first use (they pull in torch).
+BUILTIN = ("erm", "resample", "reweight", "gerne", "groupdro", "jtt", "lff", "dfr")
 _loaded: dict[str, type[Method]] = {}
+
+
+def _builtin() -> dict[str, type[Method]]:
+    """The built-in method classes (imported here, never by a name read from a spec)."""
+    from gerne_ray.methods import dfr, erm, gerne, groupdro, jtt, lff, resample, reweight
+
+    return {cls.name: cls for cls in (erm.ERM, resample.Resample, reweight.Reweight, gerne.GERNE,
+                                       groupdro.GroupDRO, jtt.JTT, lff.LfF, dfr.DFR)}
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Register a method class under cls.name (usable as a decorator); a name is taken once."""
     name = cls.name
+    if name in BUILTIN and _builtin()[name] is not cls:
+        raise GerneError(f"method {name!r} is a built-in method; choose another name")
     if name in _loaded and _loaded[name] is not cls:
         raise GerneError(f"method {name!r} is registered already; choose another name")
-    if name in BUILTIN and BUILTIN[name] != f"{cls.__module__}:{cls.__qualname__}":
-        raise GerneError(f"method {name!r} is a built-in method; choose another name")
     params_name = cls.Params.model_fields["name"].default
     if params_name != name:
         raise GerneError(f"method {name!r}: its Params must default name to {name!r} (got {params_name!r})")
@@ -50,8 +47,7 @@ def get(name: str) -> type[Method]:
     if name not in _loaded:
         if name not in BUILTIN:
             raise GerneError(f"method.name: unknown method {name!r}; use one of: {', '.join(names())}")
-        module, _, attr = BUILTIN[name].partition(":")
-        _loaded[name] = getattr(importlib.import_module(module), attr)
+        _loaded.update({k: v for k, v in _builtin().items() if k not in _loaded})
     return _loaded[name]
 
 
