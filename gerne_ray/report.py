@@ -81,8 +81,7 @@ def plot_metric_vs_param(trials: list[dict], best: dict, key: str, path: Path) -
     ax.scatter([best[key]], [100 * best[metric]], s=200, facecolors="none", edgecolors="red",
                label=f"best ({shown_cfg})")
     if key == "beta":
-        ax.axvline(-1.0, color="grey", linestyle=":", linewidth=1)
-        ax.text(-1.0, ax.get_ylim()[0], " ERM", color="grey", va="bottom")
+        _beta_landmarks(ax, trials)
     xs = [t[key] for t in trials if isinstance(t.get(key), int | float)]
     if xs and min(xs) > 0 and max(xs) / min(xs) > 20:  # log-uniform draws (lr, eta, C...)
         ax.set_xscale("log")
@@ -94,6 +93,32 @@ def plot_metric_vs_param(trials: list[dict], best: dict, key: str, path: Path) -
     ax.set_title(title)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def _beta_landmarks(ax, trials: list[dict]) -> None:
+    """ERM (beta = -1), resampling in expectation (lambda = c (beta + 1) = 1) and beta's upper bound per c.
+
+    The bound is each trial's exact upper bound (it follows from c and, with unknown attributes, from
+    the trial's t): one dashed line per distinct bound, or a tick per trial when there are many.
+    """
+    low = ax.get_ylim()[0]
+    ax.axvline(-1.0, color="grey", linestyle=":", linewidth=1)
+    ax.text(-1.0, low, " ERM", color="grey", va="bottom", fontsize=8)
+    for c in sorted({t["c"] for t in trials if isinstance(t.get("c"), int | float) and t["c"] > 0}):
+        beta = 1.0 / c - 1.0
+        ax.axvline(beta, color="tab:blue", linestyle=":", linewidth=1)
+        ax.text(beta, low, f" resampling (c = {c:.3g})", color="tab:blue", va="bottom", rotation=90,
+                fontsize=8)
+    uppers = sorted({round(float(t["beta_bounds_exact"][1]), 6) for t in trials
+                     if t.get("beta_bounds_exact") is not None and len(t["beta_bounds_exact"]) == 2
+                     and math.isfinite(t["beta_bounds_exact"][1])})
+    if 0 < len(uppers) <= 4:
+        for hi in uppers:
+            ax.axvline(hi, color="tab:red", linestyle="--", linewidth=1)
+            ax.text(hi, low, f" bound {hi:.3g}", color="tab:red", va="bottom", rotation=90, fontsize=8)
+    elif uppers:
+        ax.plot(uppers, [low] * len(uppers), "|", color="tab:red", markersize=12,
+                label="beta's bound per trial")
 
 
 def plot_best_groups(best: dict, path: Path) -> None:

@@ -137,9 +137,9 @@ def t_range(search, ranking) -> tuple[float, float]:
     """The searched pseudo-group threshold: search.space.t, above the t that leaves a class without one."""
     lo, hi = search.space.t
     lo = max(lo, pseudo.min_threshold(ranking))
-    if lo >= hi:
+    if lo > hi:
         raise GerneError(
-            f"search.space.t: [{search.space.t[0]}, {hi}) holds no threshold that gives every class a "
+            f"search.space.t: [{search.space.t[0]}, {hi}] holds no threshold that gives every class a "
             f"pseudo-minority sample (the smallest is {lo:.4g}); raise its upper end"
         )
     return lo, hi
@@ -154,7 +154,7 @@ def optuna_space(trial, stats: groups.GroupStats, search, params, ranking: pseud
     """
     config = {}
     if ranking is not None:
-        config["t"] = trial.suggest_float("t", *t_range(search, ranking))
+        config["t"] = trial.suggest_float("t", *t_range(search, ranking), log=True)
         stats = pseudo.pseudo_stats(ranking, config["t"], num_attributes)
     config.update(methods.get(params.name).suggest(trial, stats, search, params))
     config.update(space.suggest_optim(trial, search))
@@ -418,7 +418,7 @@ def searches_anything(spec: JobSpec, prepared: Prepared) -> bool:
 def trial_rows(trials: list[dict]) -> list[dict]:
     """trials.parquet's rows: config, status, the selected epoch's metrics and per-group tables."""
     drop = {"config", "history", "train_groups", "val_missing_groups", "test_missing_groups",
-            "beta_bounds_exact", "name", "searched", "params"}
+            "name", "searched", "params"}
     first = ("trial_number", "trial_id", "stage", "status", "reason", *config_keys(trials))
     rows = []
     for t in trials:

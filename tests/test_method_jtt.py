@@ -1,5 +1,6 @@
 """JTT: the error set, the weighted draw, the cached first stage, search, resume and its gain over ERM."""
 
+import logging
 import math
 
 import numpy as np
@@ -83,6 +84,17 @@ def test_missing_stage_or_t_past_it_is_refused():
         JTT(JTTParams(), _stats(), _Ctx(), None)
     with pytest.raises(GerneError, match="method.T: 3"):
         JTT(JTTParams(T=3), _stats(), _Ctx(), np.zeros((2, 6), dtype=bool))
+
+
+def test_an_error_set_holding_most_rows_warns_to_raise_t(caplog):
+    # 2 of 6 rows (33%) is above the threshold, 1 of 6 (17%) below: only the first warns
+    errors = np.array([[1, 0, 0, 1, 0, 0], [0, 0, 0, 1, 0, 0]], dtype=bool)
+    with caplog.at_level(logging.WARNING, logger="gerne_ray.methods.jtt"):
+        JTT(JTTParams(T=2, T_max=2), _stats(), _Ctx(), errors)
+        assert not caplog.records
+        JTT(JTTParams(T=1, T_max=2), _stats(), _Ctx(), errors)
+    assert len(caplog.records) == 1 and "33% of the training rows after epoch 1" in caplog.text
+    assert "raise method.T" in caplog.text
 
 
 def test_weighted_draw_matches_the_target_distribution():

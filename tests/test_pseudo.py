@@ -42,6 +42,27 @@ def test_ranks_and_pseudo_groups_in_numbers():
     assert pseudo.min_threshold(r) == 0.25
 
 
+
+def test_t_is_drawn_log_uniformly_above_the_smallest_threshold():
+    import optuna
+
+    from gerne_ray.tuning import t_range
+
+    search = load_spec(SPEC).search
+    assert search.space.t == (5e-4, 0.1)
+    # classes of 200 and 1000 rows: t below 1/200 leaves class 0 without a pseudo-minority sample
+    r = ranking_of(np.repeat([0, 1], [200, 1000]), np.linspace(0, 1, 1200))
+    assert t_range(search, r) == (0.005, 0.1)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    draws = np.array([study.ask().suggest_float("t", *t_range(search, r), log=True) for _ in range(4000)])
+    assert draws.min() >= 0.005 and draws.max() <= 0.1
+    # log-uniform: log t uniform on [log 0.005, log 0.1], so each log-decile holds 10% of the draws
+    deciles = np.histogram(np.log(draws), bins=10, range=(math.log(0.005), math.log(0.1)))[0] / len(draws)
+    assert np.abs(deciles - 0.1).max() < 0.02
+    too_small = load_spec(SPEC, ["search.space.t=[0.0005, 0.004]"]).search
+    with pytest.raises(GerneError, match=r"search.space.t: \[0.0005, 0.004\] holds no threshold"):
+        t_range(too_small, r)
+
 def test_precision_and_recall_in_numbers():
     import torch
 

@@ -119,19 +119,34 @@ PAPER = {  # dataset -> (arch, lr, batch per class, selection metric), gerne-met
     "civilcomments": ("bert", 1e-5, 10, "val_wga"),
     "multinli": ("bert", 1e-5, 32, "val_wga"),
 }
+PAPER_C = {"colored_mnist": [0.5, 1.0], "corrupted_cifar10": [0.5, 1.0], "bffhq": [0.5, 1.0],
+           "waterbirds": [0.5], "celeba": [0.5], "civilcomments": [1.0], "multinli": [0.5]}
 
 
 def test_paper_benchmark_specs_validate_with_the_papers_settings():
     paths = sorted((JOBS / "paper").glob("*.yaml"))
-    assert len(paths) == 13
+    assert len(paths) == 21
     seen = set()
     for path in paths:
         spec = load_spec(path)
         arch, lr, batch, metric = PAPER[spec.data.dataset]
+        unknown = spec.data.attributes == "unknown"
+        assert path.stem.endswith(("_unknown", "_no_labels")) == unknown, path.name
+        if unknown and spec.data.dataset == "colored_mnist":
+            lr = 0.01  # the paper's Colored MNIST learning rate with unknown attributes
+        if spec.data.attribute_labels == "none":
+            metric = "val_worst_class"  # no attribute label anywhere: SubpopBench's selection
         assert (spec.model.arch, spec.optim.lr, spec.optim.batch_size_per_class, spec.search.metric) == (
             arch, lr, batch, metric), path.name
         assert spec.model.pretrained == (arch != "mlp") and spec.method.name == "gerne"
+        # appendix F: SGD, momentum 0.9, weight decay 0.01; AdamW with weight decay 1e-4 for BERT
+        optim = (spec.optim.optimizer, spec.optim.weight_decay)
+        optim += (spec.optim.momentum,) if arch != "bert" else ()
+        assert optim == (("adamw", 1e-4) if arch == "bert" else ("sgd", 0.01, 0.9)), path.name
+        assert spec.search.space.c == PAPER_C[spec.data.dataset] and spec.search.final_seeds == 3, path.name
         seen.add(spec.data.dataset)
     assert seen == set(PAPER)
-    ratios = sorted(load_spec(p).data.conflict_ratio for p in paths if "colored_mnist" in p.name)
-    assert ratios == [0.005, 0.01, 0.02, 0.05]
+    for suffix in ("", "_unknown"):
+        ratios = sorted(load_spec(p).data.conflict_ratio for p in paths
+                        if p.name.startswith("colored_mnist") and p.stem.endswith(f"pct{suffix}"))
+        assert ratios == [0.005, 0.01, 0.02, 0.05]

@@ -182,6 +182,8 @@ def test_search_with_asha_divergence_seeds_and_report(ray_cluster, tmp_path, sta
     assert ((trials.status == "stopped") == (trials.epochs_run < 4)).all() or "diverged" in set(trials.status)
     for _, t in trials.iterrows():  # every trial inside its bounds, lr inside its range
         groups.check_beta(stats, t.c, t.beta)
+        # each row carries its c's exact bounds (the report draws them)
+        assert list(t.beta_bounds_exact) == pytest.approx(list(groups.exact_bounds(stats, t.c)))
         assert t.beta <= groups.simplified_bounds(stats, t.c)[1] and 0.01 <= t.lr <= 1e4
     # best.json: result.json's keys, the best trial's, and the seed statistics of 2 new seeds
     best = json.loads((run_dir / "best.json").read_text())

@@ -31,6 +31,10 @@ Deviations:
   gives a normalised loss of 0 rather than the authors' 0 / 0 = nan (which stops their run).
 - The averages are kept in float64 on the CPU (the authors': float32); the per-sample losses they
   average are the models' float32 ones.
+Weight decay: the authors train without it (Colored MNIST: Adam, lr 1e-3). With SGD and weight decay
+0.01 (the GERNE paper's Colored MNIST optimiser) the debiased model collapsed to chance on real
+Colored MNIST: as its loss rises its weights l_b / (l_b + l_d) fall, the decay wins, and the loss
+rises further (benchmarks/results/baselines_colored_mnist.md).
 Data parallel: every worker all-gathers (rows, labels, CE_b, CE_d) of all workers' rows (detached)
 and applies the same update in rank order, so the averages are identical on every worker; each
 worker weights its own rows from the updated averages.
