@@ -142,8 +142,9 @@ class SearchSpec(_Strict):
     metric: Literal[VALIDATION_METRICS] = "val_gba"  # type: ignore[valid-type]
     num_samples: int = Field(16, gt=0)
     bounds: Literal["simplified", "exact"] = "simplified"
-    # 0.01: the search reaches the paper's best beta on Colored MNIST 0.5% (1.2 of a bound at 1.2234, lambda at
-    # 0.99 of lambda_max); benchmarks/results/near_bound_colored_mnist.md: no run diverged there or on the bound
+    # 0.01: the search reaches the paper's best beta on Colored MNIST 0.5% (1.2 of a bound at 1.2234,
+    # lambda at 0.99 of lambda_max); benchmarks/results/near_bound_colored_mnist.md: no run diverged
+    # there or on the bound
     margin: float = Field(0.01, ge=0, lt=1)
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(2, gt=0)

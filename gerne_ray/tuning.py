@@ -287,17 +287,30 @@ class PushFiles(Callback):
     on_trial_error = on_trial_complete
 
 
-def _fit(tuner_args: dict, location: str, folder: RunFolder, trainable):
-    """Resume the Tune experiment at location if it has state, else start it."""
+def _fit(tuner_args: dict, location: str, folder: RunFolder, trainable, expected: int):
+    """Resume the Tune experiment at location if it has state, else start it; refuse an interrupted one.
+
+    Tune answers SIGINT (Ctrl+C) or SIGUSR1 by saving the experiment and returning the trials as they
+    stand: then fewer than `expected` trials have finished, and nothing may be summarised from them.
+    """
     if not ray_tune.Tuner.can_restore(location):
-        return ray_tune.Tuner(trainable, **tuner_args).fit()
-    log.warning("resuming the experiment in %s", location)
-    _restoring["run_dir"] = folder.local
-    try:
-        tuner = ray_tune.Tuner.restore(location, trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
-    finally:
-        _restoring.clear()
+        grid = ray_tune.Tuner(trainable, **tuner_args).fit()
+    else:
+        log.warning("resuming the experiment in %s", location)
+        _restoring["run_dir"] = folder.local
+        try:
+            tuner = ray_tune.Tuner.restore(location, trainable, resume_unfinished=True, resume_errored=True)
+            grid = tuner.fit()
+        finally:
+            _restoring.clear()
+    finished = grid.num_terminated + grid.num_errors
+    if finished < expected:
+        raise GerneError(
+            f"search: interrupted with {finished} of {expected} trials finished; the experiment's state "
+            f"is saved in {location}: run the same command again (or `gerne-ray resume` on the run "
+            "folder) to continue it"
+        )
+    return grid
 
 
 def search(spec: JobSpec, prepared: Prepared, folder: RunFolder):
@@ -326,7 +339,7 @@ def search(spec: JobSpec, prepared: Prepared, folder: RunFolder):
             verbose=0,
         ),
     }
-    return _fit(args, folder.location, folder, _trainable(spec, prepared))
+    return _fit(args, folder.location, folder, _trainable(spec, prepared), s.num_samples)
 
 
 def final_seeds(spec: JobSpec) -> list[int]:
@@ -350,7 +363,7 @@ def run_final(spec: JobSpec, prepared: Prepared, folder: RunFolder, best: dict):
             verbose=0,
         ),
     }
-    return _fit(args, f"{folder.location}/{FINAL_DIR}", folder, _trainable(spec, prepared))
+    return _fit(args, f"{folder.location}/{FINAL_DIR}", folder, _trainable(spec, prepared), len(seeds))
 
 
 def trial_history(result, folder: RunFolder) -> list[dict]:

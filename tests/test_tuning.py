@@ -240,16 +240,21 @@ def reported_epochs(folder: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (folder / "result.json").read_text().splitlines()]
 
 
-def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
+def tune_driver(spec, tmp_path: Path) -> subprocess.Popen:
+    """`gerne-ray tune` on the spec in a separate driver process, on the session's Ray cluster."""
     import ray
 
-    spec = spec_in(tmp_path, name="killed", optim={"epochs": 6},
-                   search={"num_samples": 5, "max_concurrent": 1, "scheduler": "fifo"})
-    path = tmp_path / "killed.json"
+    path = tmp_path / f"{spec.name}.json"
     path.write_text(json.dumps(spec.model_dump(mode="json")))
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
-    driver = subprocess.Popen([sys.executable, "-m", "gerne_ray.cli", "tune", str(path)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-m", "gerne_ray.cli", "tune", str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
+    spec = spec_in(tmp_path, name="killed", optim={"epochs": 6},
+                   search={"num_samples": 5, "max_concurrent": 1, "scheduler": "fifo"})
+    driver = tune_driver(spec, tmp_path)
     lines = []
     try:
         for line in driver.stdout:  # kill the driver once two trials have finished ...
@@ -314,6 +319,38 @@ def test_report_of_an_unfinished_folder_says_what_is_missing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "trials.parquet" in err and "gerne-ray resume" in err and "Traceback" not in err
 
+
+
+def test_an_interrupted_search_writes_no_result_and_resumes(ray_cluster, tmp_path):
+    """Ctrl+C while the best configuration's seeds train: Tune saves its state and returns the seeds as
+    they stand; `tune` must refuse to summarise them (it once wrote best.json from half-trained seeds)."""
+    spec = spec_in(tmp_path, name="interrupted", optim={"epochs": 8},
+                   search={"num_samples": 2, "max_concurrent": 1, "scheduler": "fifo", "final_seeds": 2})
+    driver = tune_driver(spec, tmp_path)
+    lines = []
+    try:
+        for line in driver.stdout:  # interrupt once the first final seed has finished
+            lines.append(line)
+            if "  seed   1/2" in line:
+                driver.send_signal(signal.SIGINT)
+                break
+        lines += driver.stdout.readlines()
+        rc = driver.wait(timeout=120)
+    finally:
+        driver.kill()
+    out = "".join(lines)
+    assert rc != 0 and "search: interrupted with" in out and "of 2 trials finished" in out, out[-3000:]
+    run_dir = spec.run_dir
+    assert not (run_dir / "best.json").exists() and not (run_dir / "trials.parquet").exists()
+
+    assert cli.main(["resume", str(run_dir)]) == 0
+    best = json.loads((run_dir / "best.json").read_text())
+    runs = best["final_seeds"]["runs"]
+    assert [r["seed"] for r in runs] == [1, 2] and {r["status"] for r in runs} == {"completed"}
+    hist = pd.read_parquet(run_dir / "trial_histories.parquet")
+    final = hist[hist.stage == "final"]
+    # both seeds trained all 8 epochs, each epoch reported once
+    assert sorted(final.groupby("trial_id").epoch.apply(list).tolist()) == [list(range(1, 9))] * 2
 
 def test_resume_needs_a_run_folder(tmp_path, capsys):
     assert cli.main(["resume", str(tmp_path / "nothing")]) == 2
