@@ -37,6 +37,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from baselines_colored_mnist import best_test  # noqa: E402
 
 from gerne_ray.results import atomic_write  # noqa: E402
 from gerne_ray.spec import load_spec  # noqa: E402
@@ -78,12 +81,6 @@ def paper_spec(ratio: float, unknown: bool, args) -> dict:
     if args.trials:
         over.append(f"search.num_samples={args.trials}")
     return load_spec(path, over).model_dump(mode="json")
-
-
-def best_test(folder: Path) -> float | None:
-    """The best test GBA over the epochs of one run (its history.parquet)."""
-    h = pd.read_parquet(folder / "history.parquet", columns=["test_gba"])
-    return float(h["test_gba"].max()) if len(h) else None
 
 
 def fixed_rows(name: str, ratio: float, args) -> dict:
