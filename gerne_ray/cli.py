@@ -1,8 +1,10 @@
-"""The gerne-ray command: validate, bounds, train, tune, compare, methods, submit, resume, report, demo."""
+"""The gerne-ray command: validate, bounds, train, tune, compare, methods, schema, submit, resume, report,
+demo."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -13,12 +15,21 @@ from gerne_ray.errors import GerneError
 from gerne_ray.spec import load_spec
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+def _json_number(x):
+    """x for JSON: an infinite float as the string "Infinity" or "-Infinity" (JSON has no infinities;
+    float() in Python and Number() in JavaScript read both strings back), anything else as is."""
+    if isinstance(x, float) and math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    if isinstance(x, dict):
+        return {k: _json_number(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_number(v) for v in x]
+    return x
 
 
 def bounds_report(spec_path: str, overrides: list[str]) -> dict:
-    """The training split's group table and beta's bounds for the spec's c."""
+    """The training split's group table and beta's bounds for the spec's c (floats; a bound that nothing
+    constrains is -inf or inf)."""
     from gerne_ray.data import load_dataset
     from gerne_ray.training import training_stats
 
@@ -35,17 +46,17 @@ def bounds_report(spec_path: str, overrides: list[str]) -> dict:
         "c": c,
         "groups": stats.to_rows(),
         "empty_groups": [list(g) for g in stats.empty_groups()],
-        "beta_min": _finite(lo),
-        "beta_max": _finite(hi),
-        "exact_lower": _finite(ex_lo),
-        "exact_upper": _finite(ex_hi),
-        "lambda_max": _finite(groups.lambda_max(stats)),
+        "beta_min": lo,
+        "beta_max": hi,
+        "exact_lower": ex_lo,
+        "exact_upper": ex_hi,
+        "lambda_max": groups.lambda_max(stats),
     }
 
 
 def print_bounds(report: dict) -> None:
     """Human-readable form of bounds_report."""
-    show = lambda v: "inf" if v is None else f"{v:.4f}"  # noqa: E731
+    show = lambda v: f"{v:.4f}"  # noqa: E731  (an infinite bound prints as -inf or inf)
     print(f"{report['name']}: dataset {report['dataset']}, training split, "
           f"K = {report['K']} classes, A = {report['A']} attributes")
     print(f"{'y':>4} {'a':>4} {'count':>8} {'alpha':>8}")
@@ -76,7 +87,7 @@ def cmd_bounds(args: argparse.Namespace) -> int:
     """Print the group table and beta's bounds."""
     report = bounds_report(args.spec, args.set)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(_json_number(report), indent=2, allow_nan=False))
     else:
         print_bounds(report)
     return 0
@@ -84,10 +95,15 @@ def cmd_bounds(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one configuration and print its selected metrics."""
+    from gerne_ray.progress import EpochProgress
     from gerne_ray.training import train
 
     spec = load_spec(args.spec, args.set)
-    result = train(spec)
+    progress = EpochProgress(spec.optim.epochs, spec.search.metric)  # stderr; rewritten in place on a tty
+    try:
+        result = train(spec, progress=progress)
+    finally:
+        progress.close()
     print(f"{spec.name}: {result['status']}{' (' + result['reason'] + ')' if result['reason'] else ''}; "
           f"epoch {result['best_epoch']} selected by {result['selection_metric']}")
     for key in ("val_gba", "val_wga", "test_gba", "test_wga", "test_avg"):
@@ -112,7 +128,7 @@ def print_tune_result(result) -> None:
         for key in ("test_gba", "test_wga"):
             if final["mean"][key] is not None:
                 print(f"  {key:10s} {100 * final['mean'][key]:6.2f} +- {100 * final['std'][key]:5.2f}")
-    print(f"results in {result.location}/ (report.md, best.json, trials.parquet, plots/)")
+    print(f"results in {result.location}/ (report.md, report.html, best.json, trials.parquet, plots/)")
 
 
 def _spec_arg(spec: str) -> str | dict:
@@ -170,6 +186,14 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the job spec's JSON Schema (gerne-ray.schema.json holds it for editors)."""
+    from gerne_ray.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Search every method with the same budget, retrain the best of each with new seeds, compare."""
     from gerne_ray.compare import compare
@@ -202,14 +226,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Render report.md and the plots of a finished search again."""
+    """Render report.md, report.html and the plots of a finished search again."""
     from gerne_ray.report import TABLES, write_report
     from gerne_ray.storage import RunFolder
 
     folder = RunFolder.at(args.run_dir)
     folder.pull(*TABLES)
     path = write_report(folder.local)
-    folder.push("report.md", "plots")
+    folder.push("report.md", "report.html", "plots")
     print(path if not folder.remote else f"{folder.location}/report.md")
     return 0
 
@@ -240,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     spec_command("validate", cmd_validate, "validate job specs (and beta against the data's bounds)",
                  nargs="+")
     p = spec_command("bounds", cmd_bounds, "group table of the training split and beta's bounds")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--json", action="store_true",
+                   help='print a JSON object (an unbounded end is the string "Infinity" or "-Infinity")')
     spec_command("train", cmd_train, "train one configuration")
     spec_command("tune", cmd_tune, "search beta inside its bounds with Ray Tune + Optuna",
                  help="a spec file, or env:NAME (JSON in that environment variable)")
@@ -251,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the methods, their hyperparameters and search ranges")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_methods)
+    p = sub.add_parser("schema", help="print the job spec's JSON Schema (for editors; gerne-ray.schema.json)")
+    p.set_defaults(func=cmd_schema)
     p = spec_command("submit", cmd_submit, "submit a search to a Ray cluster (its job API)")
     p.add_argument("--address", default=None,
                    help="the cluster's job API, http://<head>:8265 (default: RAY_ADDRESS)")
@@ -261,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the search's run folder, <storage.path>/<name>")
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("report", help="render report.md and plots of a finished search again")
+    p = sub.add_parser("report", help="render report.md, report.html and plots of a finished search again")
     p.add_argument("run_dir", help="the search's run folder, <storage.path>/<name>")
     p.set_defaults(func=cmd_report)
 
@@ -273,8 +300,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+_RESUMES = "run the same command again: train and tune resume from their last checkpoint"
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for a failed file-system operation: the path, what the system said, what to do."""
+    what = err.strerror or str(err) or type(err).__name__
+    code = errno.errorcode.get(err.errno) if isinstance(err.errno, int) else None
+    where = f"{err.filename}: " if err.filename is not None else ""
+    if err.errno in _NO_SPACE:
+        fix = f"free space there (or set storage.path to another disk), then {_RESUMES}"
+    elif err.errno == errno.EFBIG:
+        fix = f"raise the file size limit (ulimit -f) or move storage.path elsewhere, then {_RESUMES}"
+    elif err.errno in _NOT_ALLOWED:
+        fix = "make that path writable for you (or set storage.path elsewhere), then run the command again"
+    else:
+        fix = "check that path and its file system, then run the command again"
+    return " ".join(f"{where}{what}{f' ({code})' if code else ''}; {fix}".split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors print one line and exit 2, without a traceback."""
+    """Entry point: every error prints one line on stderr, without a traceback.
+
+    Exit codes: 2 for an error in what the user gave (a GerneError: spec, data, folder, options),
+    1 when the machine fails the command (an OSError: disk full, no permission, a lost mount),
+    130 when interrupted.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
@@ -282,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     except GerneError as err:
         print(f"gerne-ray: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system failed the command: not a usage error, so exit 1
+        print(f"gerne-ray: error: {os_error_line(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("gerne-ray: interrupted", file=sys.stderr)
         return 130

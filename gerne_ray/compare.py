@@ -10,7 +10,8 @@ finished search.
 
 Files in `<storage>/<name>/`: compare.parquet (one row per method and seed: the selected epoch's
 validation and test metrics and the selected configuration), compare.md (mean +- std of every test
-metric and the configuration of each method), plots/compare.png.
+metric and the configuration of each method), plots/compare.png, and compare.html (gerne_ray.report_html:
+the same, self-contained, with each method's per-group test accuracy side by side).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from gerne_ray.errors import GerneError
 from gerne_ray.results import METRIC_KEYS, METRIC_NAMES
 from gerne_ray.spec import JobSpec, SpecLike, load_spec, missing_labels
 
-COMPARE_FILES = ("compare.parquet", "compare.md", "plots")
+COMPARE_FILES = ("compare.parquet", "compare.md", "compare.html", "plots")
 
 
 @dataclass
@@ -126,7 +127,7 @@ def _cell(value: tuple[float, float] | None) -> str:
     return "" if value is None else f"{100 * value[0]:.2f} +- {100 * value[1]:.2f}"
 
 
-def plot_compare(rows: list[dict], path: Path) -> None:
+def figure_compare(rows: list[dict]):
     """Test GBA and WGA per method, mean with std error bars and every seed as a dot."""
     import matplotlib
 
@@ -148,8 +149,23 @@ def plot_compare(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_title("test accuracy at the epoch selected on validation (mean +- std over seeds)")
     ax.legend(fontsize=8)
+    return fig
+
+
+def write_plot_and_html(spec: JobSpec, rows: list[dict], wall_s: float, bests: dict[str, dict],
+                        run_dir: Path) -> None:
+    """plots/compare.png and compare.html (the same figure inline, with each method's test heatmap)."""
+    import matplotlib.pyplot as plt
+
+    from gerne_ray import report_html
+
+    fig = figure_compare(rows)
+    svg = report_html.svg_of(fig, "compare")
+    path = run_dir / "plots" / "compare.png"
     results.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
+    report_html.write_html(run_dir / report_html.COMPARE_HTML,
+                           report_html.render_compare(spec, rows, wall_s, bests, svg))
 
 
 def compare(spec: SpecLike, method_names: str | list[str], overrides: list[str] | None = None,
@@ -174,16 +190,19 @@ def compare(spec: SpecLike, method_names: str | list[str], overrides: list[str] 
           f"{base.search.num_samples} trials each; results in {folder.location}", flush=True)
     dataset = dataset if dataset is not None else load_dataset(base.data)  # loaded once for every method
     rows: list[dict] = []
+    bests: dict[str, dict] = {}
     for mspec in specs:
         fixed = not searches_anything(mspec, prepare(mspec, dataset, check_method=False))
         if fixed:
             mspec = load_spec(mspec, ["search.num_samples=1"])  # nothing to vary: one trial
         print(f"{mspec.method.name}:", flush=True)
-        rows += run_rows(mspec.method.name, tune(mspec, dataset=dataset, allow_fixed=fixed).best)
+        bests[mspec.method.name] = tune(mspec, dataset=dataset, allow_fixed=fixed).best
+        rows += run_rows(mspec.method.name, bests[mspec.method.name])
     run_dir = folder.local
+    wall_s = time.perf_counter() - start
     results.write_rows_parquet(run_dir / "compare.parquet", rows)
-    plot_compare(rows, run_dir / "plots" / "compare.png")
-    text = render_markdown(base, rows, time.perf_counter() - start)
+    write_plot_and_html(base, rows, wall_s, bests, run_dir)
+    text = render_markdown(base, rows, wall_s)
     results.atomic_write(run_dir / "compare.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     folder.push(*COMPARE_FILES)
     return CompareResult(rows, run_dir, folder.location)

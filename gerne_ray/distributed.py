@@ -35,6 +35,7 @@ class RayTrainContext(WorkerContext):
         super().__init__(device=ray.train.torch.get_device())
         self.metric = metric
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move to this worker's device and wrap in DDP (more than one worker)."""

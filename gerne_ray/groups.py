@@ -257,8 +257,9 @@ def exact_bounds(stats: GroupStats, c: float) -> tuple[float, float]:
     lam0, lam1, binds = _lambda_crossings(stats)
     if not binds.any():
         return -math.inf, math.inf
-    i1 = lam0[binds] / c - 1.0
-    i2 = lam1[binds] / c - 1.0
+    with np.errstate(over="ignore"):  # a tiny c puts a bound beyond float range: it is then +-inf, exactly
+        i1 = lam0[binds] / c - 1.0
+        i2 = lam1[binds] / c - 1.0
     return float(np.minimum(i1, i2).max()), float(np.maximum(i1, i2).min())
 
 

@@ -38,6 +38,7 @@ from gerne_ray.data.base import TRAIN, GroupedDataset
 from gerne_ray.errors import GerneError
 from gerne_ray.methods.base import Batch, Method
 from gerne_ray.models import build_model
+from gerne_ray.progress import EpochProgress
 from gerne_ray.results import EVAL_SPLITS
 from gerne_ray.sampling import PairedSampler
 from gerne_ray.spec import JobSpec
@@ -48,6 +49,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 class WorkerContext:
     """One in-process worker: no collectives; checkpoints go to `checkpoint_dir` when given."""
+
+    node_id: str | None = None  # the Ray node this worker runs on (None outside Ray): in each epoch's row
 
     def __init__(self, device: torch.device | None = None, checkpoint_dir: Path | None = None,
                  after_save: Callable[[], None] | None = None) -> None:
@@ -236,12 +239,13 @@ def restore_state(state: dict, spec: JobSpec, ctx: WorkerContext, nets: dict[str
 
 
 def train_loop(
-    spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = None, keep_best: bool = False
+    spec: JobSpec, prepared: Prepared, ctx: WorkerContext | None = None, keep_best: bool = False,
+    progress: EpochProgress | None = None,
 ) -> list[dict]:
     """Train the spec's method for optim.epochs, evaluating val and test after every epoch.
 
     keep_best: also keep the weights of the epoch best by search.metric in the checkpoint
-    (`best_model`, `best_epoch`, `best_value`).
+    (`best_model`, `best_epoch`, `best_value`). progress: told of every finished epoch (rank 0).
     """
     ctx = ctx or WorkerContext()
     dataset, stats = prepared.dataset, prepared.stats
@@ -278,6 +282,8 @@ def train_loop(
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=spec.optim.amp == "bf16")
     loss_keys, diag_keys = method.loss_keys, method.diagnostic_keys
     nan = torch.tensor(math.nan, device=ctx.device)
+    if progress is not None and ctx.rank == 0:
+        progress.start(len(history) + 1)
 
     for epoch in range(len(history) + 1, spec.optim.epochs + 1):
         for net in nets.values():
@@ -310,6 +316,8 @@ def train_loop(
                      **dict(zip(diag_keys, (diag_sums / steps).tolist(), strict=True))}
         row["epoch_time_s"] = elapsed
         row["samples_per_s"] = steps * samples_per_step / elapsed
+        if ctx.node_id is not None:  # on Ray: the node each rank ran this epoch on, in rank order
+            row["node_ids"] = ctx.all_gather(ctx.node_id)
         if not math.isfinite(row["loss"]):
             row.update(status="diverged", reason=f"mean training loss became {row['loss']} in epoch {epoch}")
             log.warning("run %s diverged: %s", spec.name, row["reason"])
@@ -332,6 +340,8 @@ def train_loop(
             best.update(best_model=kept, best_epoch=epoch, best_value=value)
         ctx.save(row, checkpoint_state(epoch, nets, optimizers, method, ctx.all_gather(sampler.state_dict()),
                                        history, best if keep_best else None))
+        if progress is not None and ctx.rank == 0:
+            progress.epoch_done(row)
         if row["status"] == "diverged":
             break
     return history

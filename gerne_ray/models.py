@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -13,6 +15,31 @@ from gerne_ray.errors import GerneError
 log = logging.getLogger(__name__)
 ARCHS = ("mlp", "cnn", "resnet18", "resnet50")  # the archs for image (and flat) inputs
 TEXT_ARCHS = ("bert",)  # the archs for token ids (batch, max_length) from a text dataset
+
+
+# What an allocation failure says: torch's CPU allocator ("not enough memory", "can't allocate memory"),
+# CUDA ("out of memory", torch.OutOfMemoryError), numpy ("Unable to allocate", a MemoryError)
+_ALLOCATION_WORDS = ("not enough memory", "can't allocate memory", "out of memory", "unable to allocate")
+
+
+def is_allocation_failure(err: BaseException) -> bool:
+    """Whether err says that memory could not be allocated (host or accelerator)."""
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(w in text for w in _ALLOCATION_WORDS)
+
+
+@contextmanager
+def allocation_failures_as(field: str, fix: str) -> Iterator[None]:
+    """Turn an allocation failure inside into a GerneError: `field: ... ran out of memory (...); fix`."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        if not is_allocation_failure(err):
+            raise
+        said = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+        raise GerneError(f"{field}: ran out of memory ({said}); {fix}") from None
 
 
 def mlp(in_features: int, num_classes: int, hidden: int = 100) -> nn.Module:
@@ -177,7 +204,20 @@ def build_model(
     """The model named by `model.arch` for inputs of `input_shape` and `num_classes` outputs.
 
     bert only: name (model.name), vocab_size, pad_token_id and sep_token_id (the dataset tokenizer's).
+    A model too large for this machine's memory is a GerneError naming model.hidden (or model.arch).
     """
+    sized = arch == "mlp" or (arch == "bert" and not pretrained)  # the archs whose size model.hidden sets
+    field, fix = ("model.hidden", f"lower model.hidden (now {hidden})") if sized else (
+        "model.arch", f"building {arch} needs more memory than this machine has; use a smaller arch")
+    with allocation_failures_as(field, f"{fix} for inputs {tuple(input_shape)} and {num_classes} classes"):
+        return _build_model(arch, input_shape, num_classes, pretrained, hidden, name, vocab_size,
+                            pad_token_id, sep_token_id)
+
+
+def _build_model(
+    arch: str, input_shape: tuple[int, ...], num_classes: int, pretrained: bool, hidden: int, name: str,
+    vocab_size: int | None, pad_token_id: int | None, sep_token_id: int | None,
+) -> nn.Module:
     if arch == "mlp":
         if pretrained:
             raise GerneError("model.pretrained: there are no pretrained weights for mlp; set it false")

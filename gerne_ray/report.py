@@ -3,13 +3,15 @@
 `write_report(run_dir)` reads trials.parquet, trial_histories.parquet and best.json (written by
 gerne_ray.tuning) and writes report.md and PNG plots under plots/: the selection metric against
 the searched value (beta for GERNE, the first searched hyperparameter of another method) over all
-trials, the best trial's per-group accuracies, and learning curves. It names no method.
-`gerne-ray report RUN_DIR` calls it again, e.g. after a change to this module.
+trials, the best trial's per-group accuracies as a class x attribute heatmap, and learning curves.
+The same figures, as inline SVG, make report.html (gerne_ray.report_html), one self-contained file.
+It names no method. `gerne-ray report RUN_DIR` calls it again, e.g. after a change to this module.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -61,9 +63,9 @@ def swept_key(best: dict) -> str | None:
     return "beta" if "beta" in keys else (keys[0] if keys else None)
 
 
-def plot_metric_vs_param(trials: list[dict], best: dict, key: str, path: Path) -> None:
+def figure_metric_vs_param(trials: list[dict], best: dict, key: str):
     """Each trial's selected validation metric against one configuration value, marked by status
-    (coloured by c where c varies)."""
+    (coloured by c where c varies); against beta, ERM, resampling and beta's bounds are drawn too."""
     import matplotlib.pyplot as plt
 
     metric = best["selection_metric"]
@@ -92,7 +94,7 @@ def plot_metric_vs_param(trials: list[dict], best: dict, key: str, path: Path) -
         title += f", c from {min(cs):.3g} (dark) to {max(cs):.3g} (light)"
     ax.set_title(title)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    return fig
 
 
 def _beta_landmarks(ax, trials: list[dict]) -> None:
@@ -121,27 +123,120 @@ def _beta_landmarks(ax, trials: list[dict]) -> None:
                 label="beta's bound per trial")
 
 
-def plot_best_groups(best: dict, path: Path) -> None:
-    """The best trial's validation and test accuracy of every (y, a) group."""
+@dataclass(frozen=True)
+class GroupCell:
+    """One (class y, attribute a) cell of a split's per-group accuracies, with the group's training share."""
+
+    y: int
+    a: int
+    n: int | None  # the split's samples of the group (None: the split has none)
+    correct: int | None
+    accuracy: float | None
+    train_count: int | None  # None with pseudo-groups: the training groups are not (y, a) then
+    alpha: float | None  # training share of class y with attribute a
+    worst: bool  # at the split's lowest group accuracy (its WGA)
+
+
+def pseudo_groups(best: dict) -> bool:
+    """Whether the run trained on pseudo-groups (unknown attributes): train_groups are not (y, a) groups."""
+    return (best.get("config") or {}).get("data", {}).get("attributes") == "unknown"
+
+
+def group_cells(best: dict, split: str) -> list[list[GroupCell]]:
+    """The K x A grid (rows: classes y, columns: attributes a) of the best trial's groups on one split."""
+    rows = {(g["y"], g["a"]): g for g in best.get(f"{split}_groups") or []}
+    train = {} if pseudo_groups(best) else {(g["y"], g["a"]): g for g in best.get("train_groups") or []}
+    keys = set(rows) | set(train)
+    for s in ("val", "test"):
+        keys |= {(g["y"], g["a"]) for g in best.get(f"{s}_groups") or []}
+    if not keys:
+        return []
+    num_y, num_a = max(k[0] for k in keys) + 1, max(k[1] for k in keys) + 1
+    accs = [g["accuracy"] for g in rows.values() if g.get("accuracy") is not None]
+    lowest = min(accs) if accs else None
+    grid = []
+    for y in range(num_y):
+        line = []
+        for a in range(num_a):
+            g, t = rows.get((y, a)), train.get((y, a))
+            acc = g.get("accuracy") if g else None
+            line.append(GroupCell(y, a, g["n"] if g else None, g.get("correct") if g else None, acc,
+                                  t["count"] if t else None, t.get("alpha") if t else None,
+                                  acc is not None and acc == lowest))
+        grid.append(line)
+    return grid
+
+
+def cell_id(split: str, y: int, a: int) -> str:
+    """The SVG id of a heatmap cell (report.html gives it a tooltip)."""
+    return f"cell-{split}-{y}-{a}"
+
+
+def figure_group_heatmap(best: dict, splits: tuple[str, ...] = ("val", "test")):
+    """The best trial's accuracy of every (y, a) group as a class x attribute heatmap per split: each
+    cell labelled with its accuracy, the split's group size n and the training share alpha; the worst
+    group outlined in red."""
     import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
 
-    rows = {split: {(g["y"], g["a"]): g for g in best.get(f"{split}_groups") or []}
-            for split in ("val", "test")}
-    keys = sorted(set(rows["val"]) | set(rows["test"]))
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.18 * len(keys) + 2), 4.2))
-    width = 0.4
-    for i, split in enumerate(("val", "test")):
-        accs = [100 * (rows[split][k]["accuracy"] if k in rows[split] else math.nan) for k in keys]
-        ax.bar([j + (i - 0.5) * width for j in range(len(keys))], accs, width=width, label=split)
-    ax.set_xticks(range(len(keys)), [f"{y},{a}" for y, a in keys], rotation=90, fontsize=6)
-    ax.set_xlabel("group (y, a)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"best trial {best['trial_id']}: per-group accuracy at epoch {best['best_epoch']}")
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    grids = {split: group_cells(best, split) for split in splits}
+    num_y = max((len(g) for g in grids.values()), default=0) or 1
+    num_a = max((len(g[0]) for g in grids.values() if g), default=0) or 1
+    side = max(num_y, num_a)
+    cell = 1.1 if side <= 3 else 0.62 if side <= 12 else 7.5 / side  # inches
+    points = 72 * cell
+    big, small = min(14.0, 0.24 * points), min(9.0, 0.15 * points)
+    detail = side <= 12  # n and alpha fit in a cell
+    shares = any(c.alpha is not None for g in grids.values() for line in g for c in line)
+    fig, axes = plt.subplots(1, len(splits), squeeze=False, layout="constrained",
+                             figsize=(len(splits) * (num_a * cell + 0.8) + 0.9, num_y * cell + 1.3))
+    cmap, norm = plt.get_cmap("viridis"), Normalize(0, 100)
+    for ax, split in zip(axes[0], splits, strict=True):
+        for line in grids[split]:
+            for c in line:
+                acc = None if c.accuracy is None else 100 * c.accuracy
+                face = cmap(norm(acc)) if acc is not None else "#e4e4e4"
+                ax.add_patch(Rectangle((c.a - 0.5, c.y - 0.5), 1, 1, facecolor=face, edgecolor="white",
+                                       linewidth=0.8, hatch=None if acc is not None else "///",
+                                       gid=cell_id(split, c.y, c.a)))
+                ink = "white" if acc is not None and acc < 55 else "black"
+                label = "none" if acc is None else (f"{acc:.1f}" if side <= 4 else f"{acc:.0f}")
+                extra = []
+                if detail and c.n is not None:
+                    extra.append(f"n {c.n}")
+                if detail and c.alpha is not None:
+                    extra.append(f"\u03b1 {c.alpha:.2g}")
+                lift = 0.13 * len(extra)
+                ax.text(c.a, c.y - lift, label, ha="center", va="center", fontsize=big, color=ink)
+                for i, text in enumerate(extra):
+                    ax.text(c.a, c.y - lift + 0.27 * (i + 1) + 0.02, text, ha="center", va="center",
+                            fontsize=small, color=ink)
+                if c.worst:
+                    ax.add_patch(Rectangle((c.a - 0.46, c.y - 0.46), 0.92, 0.92, fill=False,
+                                           edgecolor="red", linewidth=2.2, zorder=5))
+        ax.set_xlim(-0.5, num_a - 0.5)
+        ax.set_ylim(num_y - 0.5, -0.5)
+        ax.set_aspect("equal")
+        ax.set_xticks(range(num_a))
+        ax.set_yticks(range(num_y))
+        ax.tick_params(length=0, labelsize=8)
+        ax.set_xlabel("attribute a")
+        ax.set_ylabel("class y")
+        ax.set_title(f"{split}: GBA {_pct(best.get(f'{split}_gba'))}, WGA {_pct(best.get(f'{split}_wga'))}",
+                     fontsize=10)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[0]), label="accuracy (%)",
+                 shrink=0.8, aspect=30)
+    how = "cell: accuracy (%)" + (", n = the split's samples" if detail else "") + (
+        ", \u03b1 = training share" if detail and shares else "")
+    fig.suptitle(f"best trial {best['trial_id']}: per-group accuracy at epoch {best['best_epoch']}\n"
+                 f"{how}; worst group outlined in red", fontsize=9)
+    return fig
 
 
-def plot_learning_curves(histories: list[dict], best: dict, path: Path) -> None:
+def figure_learning_curves(histories: list[dict], best: dict):
     """Validation metric and training loss per epoch of every search trial; the best one in red."""
     import matplotlib.pyplot as plt
 
@@ -150,7 +245,7 @@ def plot_learning_curves(histories: list[dict], best: dict, path: Path) -> None:
     for r in histories:
         if r.get("stage", "search") == "search":
             by_trial.setdefault(r["trial_id"], []).append(r)
-    fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for trial_id, rows in by_trial.items():
         rows = sorted(rows, key=lambda r: r["epoch"])
         is_best = trial_id == best["trial_id"]
@@ -161,10 +256,10 @@ def plot_learning_curves(histories: list[dict], best: dict, path: Path) -> None:
     ax_m.set_xlabel("epoch")
     ax_m.set_ylabel(f"{metric} (%)")
     ax_l.set_xlabel("epoch")
-    ax_l.set_ylabel("training loss (the back-propagated one: L_ext for GERNE)")
+    ax_l.set_ylabel("training loss\n(the back-propagated one: L_ext for GERNE)")
     ax_l.set_yscale("symlog", linthresh=1e-2)
     fig.suptitle(f"{best['name']}: learning curves of {len(by_trial)} trials (best in red)")
-    _save(fig, path)
+    return fig
 
 
 def render_markdown(trials: list[dict], best: dict, plots: list[str]) -> str:
@@ -234,21 +329,26 @@ def _bounds_text(best: dict) -> str:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Render report.md and plots/*.png from a run folder's tables; return report.md's path."""
+    """Render report.md, plots/*.png and report.html from a run folder's tables; return report.md's path."""
     import matplotlib
 
     matplotlib.use("Agg")
+    from gerne_ray import report_html
+
     run_dir = Path(run_dir)
     trials, histories, best = load_run(run_dir)
-    folder = run_dir / "plots"
-    plots = list(PLOTS)
+    figures = {}  # report.md's order: each figure saved as plots/<name> and drawn inline in report.html
     key = swept_key(best)
     if key is not None:
-        plots.insert(0, f"metric_vs_{key}.png")
-        plot_metric_vs_param(trials, best, key, folder / plots[0])
-    plot_best_groups(best, folder / "best_groups.png")
-    plot_learning_curves(histories, best, folder / "learning_curves.png")
+        figures[f"metric_vs_{key}.png"] = figure_metric_vs_param(trials, best, key)
+    figures["best_groups.png"] = figure_group_heatmap(best)
+    figures["learning_curves.png"] = figure_learning_curves(histories, best)
+    svgs = {}
+    for name, fig in figures.items():
+        svgs[name] = report_html.svg_of(fig, name, report_html.cell_titles(best))
+        _save(fig, run_dir / "plots" / name)
     path = run_dir / "report.md"
-    text = render_markdown(trials, best, plots)
+    text = render_markdown(trials, best, list(figures))
     results.atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    report_html.write_html(run_dir / report_html.REPORT_HTML, report_html.render_report(trials, best, svgs))
     return path

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
-import tempfile
+import re
+import secrets
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,18 +16,115 @@ import pyarrow.parquet as pq
 
 from gerne_ray.metrics import METRIC_NAMES
 
+TMP_SUFFIX = ".tmp"  # temporary files are `.<name>.<random>.tmp` beside the file they become
+STALE_TMP_S = 3600  # a temporary file untouched this long was left by a killed writer: removed
+_OLD_TMP = re.compile(r"[a-z0-9_]{8}")  # the random part of the tempfile.mkstemp names of older versions
+PROBE_BYTES = 1 << 20  # after a writer's vague failure, what is written to learn the system's reason
+
 
 def atomic_write(path: Path, write) -> None:
-    """Write path via write(tmp) on a temporary file beside it, then an atomic rename."""
+    """Write path via write(tmp) on a temporary file beside it, then an atomic rename.
+
+    A reader sees the old file or the new one, never half of one. The new file is flushed to disk
+    (fsync) before the rename and the rename after it; a write that fails leaves the old file as it
+    was and removes its temporary file, and temporary files a killed writer left behind are removed
+    by the next write of the same file after STALE_TMP_S. The file gets the mode a new file gets
+    (0666 less the umask), as any other file the user writes. A failed write is an OSError naming
+    path (ENOSPC for a full disk, EFBIG, EIO, ...) also where the writer reports it otherwise:
+    torch.save raises a RuntimeError without the system's reason, which a probe write then finds.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    remove_stale_temporaries(path)
+    tmp = _new_temporary(path)
+    done = False
     try:
-        write(tmp)
+        try:
+            write(str(tmp))
+        except RuntimeError as err:
+            reason = _write_failure(tmp)
+            if reason is None:
+                raise  # the file system takes more data: the writer failed for a reason of its own
+            raise OSError(reason.errno, reason.strerror or os.strerror(reason.errno), str(path)) from err
+        _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        done = True
+    finally:
+        if not done:
+            tmp.unlink(missing_ok=True)
+    _fsync(path.parent, directory=True)
+
+
+def _new_temporary(path: Path) -> Path:
+    """A new empty file `.<name>.<random>.tmp` beside path, created with mode 0666 less the umask."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    """Flush a file's data, or a folder's entries (a rename), to disk; folders only where POSIX allows."""
+    if directory and not hasattr(os, "O_DIRECTORY"):
+        return  # Windows: a folder cannot be opened to be flushed
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if not directory or err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise  # some file systems cannot flush a folder: the rename is then as durable as they make it
+    finally:
+        os.close(fd)
+
+
+def _write_failure(tmp: Path) -> OSError | None:
+    """The OSError that writing PROBE_BYTES more to tmp meets (a full disk, the file size limit, an
+    I/O error), or None when the file system takes them."""
+    try:
+        with open(tmp, "ab") as f:
+            f.write(bytes(PROBE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return err if isinstance(err.errno, int) else None
+    return None
+
+
+def is_temporary(name: str, target: str) -> bool:
+    """Whether file name is a temporary file of an atomic write of the file named target."""
+    prefix = f".{target}."
+    if not name.startswith(prefix):
+        return False
+    rest = name[len(prefix):]
+    return rest.endswith(TMP_SUFFIX) or bool(_OLD_TMP.fullmatch(rest))
+
+
+def remove_stale_temporaries(path: Path, older_than_s: float = STALE_TMP_S) -> list[Path]:
+    """Remove the temporary files of path's atomic writes untouched for older_than_s (killed writers).
+
+    Younger ones may belong to a write in progress elsewhere and are left alone. Returns the removed.
+    """
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not is_temporary(entry.name, path.name):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime >= older_than_s:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue  # removed meanwhile by another writer, or not ours to remove
+    return removed
 
 
 def _finite_or_none(value):

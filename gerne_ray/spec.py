@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -29,6 +31,21 @@ from gerne_ray.errors import GerneError
 from gerne_ray.methods.base import MethodParams
 
 MAX_SPEC_BYTES = 1_000_000
+MAX_PROBLEMS = 5  # validation problems shown in the error line; the rest are counted ("and N more")
+MAX_SHOWN_CHARS = 100  # a key path or value quoted in an error is cut to this many characters
+# Upper limits of sizes and seeds: generous, so that no real job meets them, and low enough that a
+# typo (an extra digit, 2**70) fails in validation rather than deep in Optuna, numpy or an allocator.
+MAX_SEED = 2**32 - 1  # numpy's RandomState and Optuna's TPESampler take seeds in [0, 2**32)
+MAX_HIDDEN = 16_384  # mlp width: 2 x 16384^2 weights are 2.1 GB in float32 (x4 with grads and momentum)
+MAX_EPOCHS = 100_000
+MAX_STEPS_PER_EPOCH = 100_000  # an epoch's batches are drawn up front: memory grows with the steps
+MAX_BATCH_PER_CLASS = 16_384  # B per class: a step holds 2 x classes x B inputs
+MAX_EVAL_BATCH = 65_536
+MAX_TRIALS = 100_000
+MAX_FINAL_SEEDS = 100
+MAX_LOADER_WORKERS = 256  # DataLoader processes per training worker
+MAX_TOKENS = 8_192  # 16x BERT's 512 positions; attention memory grows with its square
+SPEC_VERSIONS = (1,)  # the spec format versions this release reads (`version:` in a spec; 1 when absent)
 VALIDATION_METRICS = (
     "val_gba", "val_wga", "val_avg", "val_weighted_avg", "val_class_balanced", "val_worst_class",
     "val_minority",
@@ -45,21 +62,34 @@ class _Strict(BaseModel):
 class DataSpec(_Strict):
     """Which dataset, where it lives, and how generated datasets are made."""
 
-    dataset: str = "colored_digits"
-    root: str | None = None
-    conflict_ratio: float = Field(0.02, ge=0, lt=1)
+    dataset: str = Field("colored_digits", description="the dataset's registry name (README: Datasets)")
+    root: str | None = Field(
+        None, description="folder of an on-disk dataset (parquet: its manifest file); must exist when given"
+    )
+    conflict_ratio: float = Field(
+        0.02, ge=0, lt=1, description="share of bias-conflicting training samples in generated datasets"
+    )
     attributes: Literal["known", "unknown"] = Field(
         "known", description="unknown: train on pseudo-groups from a biased model (no attribute labels read)"
     )
     attribute_labels: Literal["train_val", "val_only", "none"] = Field(
         "train_val", description="with unknown attributes: which true attribute labels exist"
     )
-    seed: int = Field(0, ge=0, description="seed of generated data; fixed across training seeds")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes reading files (0: none)")
+    stage1_select: Literal["val_class_balanced", "last"] = Field(
+        "val_class_balanced", description="with unknown attributes: which epoch of the biased model ranks "
+        "the samples: the best by validation class-balanced accuracy (the paper's rule; right when the "
+        "validation split is biased like training), or the last one (when the validation split is "
+        "attribute-balanced, e.g. colored_mnist, where that rule picks the least biased epoch)"
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of generated data; fixed across training seeds "
+                      "(below 2**32, as numpy's and Optuna's seeds)")
+    num_workers: int = Field(0, ge=0, le=MAX_LOADER_WORKERS, description="DataLoader worker processes "
+                             f"reading files (0: none; at most {MAX_LOADER_WORKERS} per training worker)")
     target: str | None = Field(None, description="celeba, parquet: the column used as the class y")
     attribute: str | None = Field(None, description="celeba, parquet: the column used as the attribute a")
     tokenizer: str = Field("bert-base-uncased", description="text datasets: the Hugging Face tokenizer")
-    max_length: int = Field(220, gt=0, description="text datasets: tokens per sample (padded/truncated)")
+    max_length: int = Field(220, gt=0, le=MAX_TOKENS, description="text datasets: tokens per sample "
+                            f"(padded/truncated; at most {MAX_TOKENS}, 16x BERT's 512 positions)")
 
     @field_validator("dataset")
     @classmethod
@@ -74,33 +104,45 @@ class DataSpec(_Strict):
 class ModelSpec(_Strict):
     """The network: `mlp`, `cnn`, `resnet18` or `resnet50`."""
 
-    arch: Literal["mlp", "cnn", "resnet18", "resnet50", "bert"] = "mlp"
-    pretrained: bool = False
-    hidden: int = Field(100, gt=0, description="hidden width of the mlp (and of bert when not pretrained)")
+    arch: Literal["mlp", "cnn", "resnet18", "resnet50", "bert"] = Field(
+        "mlp", description="mlp (3 hidden layers), cnn (small, BatchNorm), resnet18, resnet50, bert (text)"
+    )
+    pretrained: bool = Field(
+        False, description="ImageNet weights for ResNets (torchvision), model.name's weights for bert"
+    )
+    hidden: int = Field(100, gt=0, le=MAX_HIDDEN, description="hidden width of the mlp (and of bert when "
+                        f"not pretrained); at most {MAX_HIDDEN}: an mlp that wide has 537M weights (2.1 GB)")
     name: str = Field("bert-base-uncased", description="bert: the Hugging Face model whose weights to load")
 
 
 class OptimSpec(_Strict):
     """Optimiser and schedule; `batch_size_per_class` is B, per batch (GERNE draws two)."""
 
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: Positive = 0.1
-    weight_decay: float = Field(0.01, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    epochs: int = Field(20, gt=0)
-    batch_size_per_class: int = Field(32, gt=0)
-    steps_per_epoch: int | None = Field(
-        None, gt=0, description="default: ceil(training samples / (classes x batch_size_per_class))"
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
+    lr: Positive = Field(0.1, description="learning rate")
+    weight_decay: float = Field(0.01, ge=0, description="weight decay (decoupled for adamw)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd's momentum")
+    epochs: int = Field(20, gt=0, le=MAX_EPOCHS, description="epochs; validation and test are evaluated "
+                        f"after each (at most {MAX_EPOCHS})")
+    batch_size_per_class: int = Field(
+        32, gt=0, le=MAX_BATCH_PER_CLASS,
+        description="B: samples per class in each batch (GERNE draws two batches; at most "
+        f"{MAX_BATCH_PER_CLASS})"
     )
-    eval_batch_size: int = Field(1024, gt=0)
+    steps_per_epoch: int | None = Field(
+        None, gt=0, le=MAX_STEPS_PER_EPOCH, description="default: ceil(training samples / (classes x "
+        f"batch_size_per_class)); at most {MAX_STEPS_PER_EPOCH}, as an epoch's batches are drawn up front"
+    )
+    eval_batch_size: int = Field(1024, gt=0, le=MAX_EVAL_BATCH, description="samples per forward pass when "
+                                 f"evaluating (at most {MAX_EVAL_BATCH})")
     amp: Literal["off", "bf16"] = Field("off", description="bf16 autocast (mixed precision), for GPUs")
 
 
 class Range(_Strict):
     """A continuous range [low, high], drawn uniformly."""
 
-    low: Unit
-    high: Unit
+    low: Unit = Field(description="the range's low end, in (0, 1]")
+    high: Unit = Field(description="the range's high end, in (0, 1], at least low")
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
@@ -121,8 +163,12 @@ class SearchSpaceSpec(_Strict):
     c: Annotated[list[Unit], Field(min_length=1)] | Range = Field(
         default_factory=lambda: [0.5], description="a set of values [0.5, 1.0] or a range {low, high}"
     )
-    lr: tuple[Positive, Positive] | None = None
-    weight_decay: tuple[Positive, Positive] | None = None
+    lr: tuple[Positive, Positive] | None = Field(
+        None, description="[low, high]: the learning rate searched log-uniformly; null: optim.lr"
+    )
+    weight_decay: tuple[Positive, Positive] | None = Field(
+        None, description="[low, high]: the weight decay searched log-uniformly; null: optim.weight_decay"
+    )
     t: tuple[Annotated[float, Field(gt=0, lt=0.5)], Annotated[float, Field(gt=0, le=0.5)]] = Field(
         T_RANGE, description="unknown attributes: the pseudo-group threshold's range [low, high], drawn "
         "log-uniformly (the low end raised so every class gets a pseudo-minority sample)"
@@ -139,29 +185,49 @@ class SearchSpaceSpec(_Strict):
 class SearchSpec(_Strict):
     """Model selection and hyperparameter search."""
 
-    metric: Literal[VALIDATION_METRICS] = "val_gba"  # type: ignore[valid-type]
-    num_samples: int = Field(16, gt=0)
-    bounds: Literal["simplified", "exact"] = "simplified"
+    metric: Literal[VALIDATION_METRICS] = Field(  # type: ignore[valid-type]
+        "val_gba", description="the validation metric that selects the epoch and the trial (maximised); with "
+        "data.attributes unknown the default is val_wga, or val_worst_class without attribute labels"
+    )
+    num_samples: int = Field(16, gt=0, le=MAX_TRIALS, description=f"trials (at most {MAX_TRIALS})")
+    bounds: Literal["simplified", "exact"] = Field(
+        "simplified", description="simplified: beta in [-1, beta_max(c)]; exact: the exact interval"
+    )
     # 0.01: the search reaches the paper's best beta on Colored MNIST 0.5% (1.2 of a bound at 1.2234,
     # lambda at 0.99 of lambda_max); benchmarks/results/near_bound_colored_mnist.md: no run diverged
     # there or on the bound
-    margin: float = Field(0.01, ge=0, lt=1)
-    scheduler: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(2, gt=0)
+    margin: float = Field(
+        0.01, ge=0, lt=1, description="share of the lambda interval's width kept away from each bound other "
+        "than ERM's"
+    )
+    scheduler: Literal["asha", "fifo"] = Field(
+        "asha", description="asha (stops weak trials early, on epochs) or fifo"
+    )
+    grace_period: int = Field(2, gt=0, le=MAX_EPOCHS,
+                              description="ASHA: epochs before a trial can be stopped")
     reduction_factor: int = Field(3, ge=2, description="ASHA keeps the top 1/reduction_factor at each rung")
-    max_concurrent: int = Field(2, gt=0)
-    final_seeds: int = Field(0, ge=0)
-    space: SearchSpaceSpec = Field(default_factory=SearchSpaceSpec)
+    max_concurrent: int = Field(2, gt=0, description="trials at once")
+    final_seeds: int = Field(
+        0, ge=0, le=MAX_FINAL_SEEDS, description="retrain the best configuration with this many new seeds; "
+        f"report mean and std (at most {MAX_FINAL_SEEDS})"
+    )
+    space: SearchSpaceSpec = Field(
+        default_factory=SearchSpaceSpec, description="what a search varies besides beta"
+    )
 
 
 class ScalingSpec(_Strict):
     """Ray Train workers: how many, and what each one gets."""
 
-    num_workers: int = Field(1, gt=0)
-    use_gpu: bool = False
-    cpus_per_worker: Positive = 1.0
-    gpus_per_worker: float | None = Field(None, ge=0)
-    max_failures: int = Field(0, ge=0, description="worker-group restarts from the last checkpoint")
+    num_workers: int = Field(1, gt=0, description="Ray Train workers; 1 (without GPU) trains in-process")
+    use_gpu: bool = Field(False, description="train on GPUs (Ray Train workers)")
+    cpus_per_worker: Positive = Field(1.0, description="CPUs each worker reserves")
+    gpus_per_worker: float | None = Field(
+        None, ge=0, description="GPUs each worker reserves (null: 1 with use_gpu)"
+    )
+    max_failures: int = Field(0, ge=0, le=1000, description="restarts from the last checkpoint: of a "
+                              "trial's worker group (Ray Train) and of a failed trial (Ray Tune), e.g. "
+                              "after a lost node")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Ray's placement of the workers: SPREAD and STRICT_SPREAD use several nodes"
     )
@@ -180,7 +246,9 @@ class ScalingSpec(_Strict):
 class StorageSpec(_Strict):
     """Where runs are written: `<path>/<name>/`, a local folder or a URI (s3://, gs://, file://, ...)."""
 
-    path: str = Field("runs", min_length=1)
+    path: str = Field(
+        "runs", min_length=1, description="a local folder or a URI (s3://bucket/runs, gs://..., file://...)"
+    )
     shared: bool = Field(
         False, description="the local path is on a file system every node of the cluster mounts (NFS)"
     )
@@ -189,18 +257,39 @@ class StorageSpec(_Strict):
 class JobSpec(_Strict):
     """A whole job: data, model, method, optimiser, search, scaling and storage."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-    seed: int = Field(0, ge=0)
-    data: DataSpec = Field(default_factory=DataSpec)
-    model: ModelSpec = Field(default_factory=ModelSpec)
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="run name: the folder under storage.path (letters, digits, '.', '_', '-')",
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="training seed: model initialisation, batch "
+                      "sampling and the search's TPE sampler; below 2**32, the seeds numpy and Optuna take "
+                      "(final seeds are seed + 1 ... seed + search.final_seeds)")
+    data: DataSpec = Field(default_factory=DataSpec, description="the dataset")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the network")
     method: SerializeAsAny[MethodParams] = Field(
         default_factory=lambda: methods.params_class("gerne")(),
         description="the training method and its hyperparameters: {name: <method>, ...} (gerne-ray methods)",
     )
-    optim: OptimSpec = Field(default_factory=OptimSpec)
-    search: SearchSpec = Field(default_factory=SearchSpec)
-    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec, description="optimiser and schedule")
+    search: SearchSpec = Field(default_factory=SearchSpec, description="model selection and search")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train workers and resources")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="where runs go: <path>/<name>/")
+    version: Literal[SPEC_VERSIONS] = Field(  # type: ignore[valid-type]
+        SPEC_VERSIONS[-1], description="the spec format's version (this release reads 1)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_version_this_release_reads(cls, raw: Any) -> Any:
+        """Refuse a spec written for another format version, before reading any of its fields."""
+        version = raw.get("version", SPEC_VERSIONS[-1]) if isinstance(raw, dict) else SPEC_VERSIONS[-1]
+        if type(version) is not int or version not in SPEC_VERSIONS:
+            raise ValueError(
+                f"version: {version!r} is not a spec version this release reads (it reads: "
+                f"{', '.join(map(str, SPEC_VERSIONS))}); upgrade gerne-ray to read it, or write the spec "
+                f"for version {SPEC_VERSIONS[-1]}"
+            )
+        return raw
 
     @field_validator("method", mode="before")
     @classmethod
@@ -237,6 +326,16 @@ class JobSpec(_Strict):
         problem = missing_labels(self.method.name, self.data)
         if problem:
             raise ValueError(f"method.name: {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _storage_path_without_secrets(self) -> JobSpec:
+        # a check on the whole spec, not on the field: a field's error line would quote the URI's secret
+        from gerne_ray.storage import uri_problem
+
+        problem = uri_problem(self.storage.path)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
@@ -280,22 +379,180 @@ def missing_labels(method: str, data: DataSpec) -> str | None:
     return None
 
 
-def read_spec_file(path: str | Path) -> dict:
-    """Read a YAML or JSON spec file into a dict, with one-line errors naming the file."""
-    path = Path(path)
-    if path.is_dir():
-        raise GerneError(f"spec {path}: is a folder; pass the path of a YAML job spec file (see jobs/)")
-    if not path.is_file():
-        raise GerneError(f"spec {path}: no such file; pass the path of a YAML job spec (see jobs/)")
-    size = path.stat().st_size
-    if size > MAX_SPEC_BYTES:
-        raise GerneError(f"spec {path}: {size} bytes is too large for a job spec (limit {MAX_SPEC_BYTES})")
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _section_models(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """The model and every model its fields hold (unions and containers included), each once."""
+    found: list[type[BaseModel]] = []
+
+    def visit(tp: Any) -> None:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if tp not in found:
+                found.append(tp)
+                for field in tp.model_fields.values():
+                    visit(field.annotation)
+        for arg in get_args(tp):
+            visit(arg)
+
+    visit(model)
+    return found
+
+
+def json_schema() -> dict:
+    """The job spec's JSON Schema (draft 2020-12): every key with its description and default.
+
+    `method` is one of the registered methods' sections (its `name` says which; without one, the
+    default method's), and `data.dataset` one of the registered datasets. Stable output: fields in
+    their definition order, `$defs` sorted by name.
+    """
+    from pydantic.json_schema import models_json_schema
+    from pydantic_core import to_jsonable_python
+
+    from gerne_ray.data.registry import DATASETS
+
+    params = {name: methods.params_class(name) for name in methods.names()}
+    default_method = JobSpec.model_fields["method"].default_factory().name
+    _, generated = models_json_schema([(m, "validation") for m in (JobSpec, *params.values())],
+                                      ref_template="#/$defs/{model}")
+    defs = generated["$defs"]
+    root = defs.pop("JobSpec")
+    defs.pop(MethodParams.__name__, None)  # the base class: `method` refers to each method's own
+    models = [*_section_models(JobSpec)[1:], *params.values()]
+    nodes = {JobSpec: root} | {m: defs[m.__name__] for m in models if m.__name__ in defs}
+    for model, node in nodes.items():  # pydantic leaves out the defaults that a default_factory makes
+        for key, field in model.model_fields.items():
+            prop = node["properties"][key]
+            if field.default_factory is not None and "default" not in prop:
+                prop["default"] = to_jsonable_python(field.default_factory())
+    for name, cls in params.items():
+        node = defs[cls.__name__]
+        node["properties"]["name"].setdefault(
+            "description", f"the method ({', '.join(params)}; default {default_method}): `gerne-ray "
+            "methods` lists each one's keys"
+        )
+        if name != default_method:  # a section without a name is the default method's
+            node["required"] = sorted({*node.get("required", []), "name"})
+    method = root["properties"]["method"]
+    root["properties"]["method"] = {
+        "description": method["description"], "default": method["default"],
+        "oneOf": [{"$ref": f"#/$defs/{cls.__name__}"} for cls in params.values()],
+    }
+    defs["DataSpec"]["properties"]["dataset"]["enum"] = sorted(DATASETS)
+    root["title"] = "gerne-ray job spec"
+    return {"$schema": SCHEMA_DIALECT, **root, "$defs": dict(sorted(defs.items()))}
+
+
+class _DuplicateKeyError(Exception):
+    """A mapping in a spec file names a key twice (lines: 1-based, None in JSON)."""
+
+    def __init__(self, key: object, lines: tuple[int, int] | None = None) -> None:
+        super().__init__(key)
+        self.key, self.lines = key, lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping repeating a key (PyYAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults`: keys written beside a merge override it on purpose
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKeyError(key, (seen[key], line))
+                seen[key] = line
+            except TypeError:
+                continue  # an unhashable key: PyYAML's own check reports it
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing a mapping that repeats a key (_DuplicateKeyError)."""
+    loader = _UniqueKeyLoader(text)
     try:
-        text = path.read_text(encoding="utf-8")
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
+    """json.loads' object_pairs_hook: a dict, refusing an object that repeats a key."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def _what_it_is(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((word for test, word in kinds if test(mode)), "a special file")
+
+
+def _read_spec_bytes(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_SPEC_BYTES, or a GerneError saying what path is.
+
+    The size is counted while reading (at most the limit + 1 bytes are read), not taken from the
+    file system, which reports 0 for /proc files; a FIFO or device is refused before it is opened.
+    """
+    fix = "pass the path of a YAML job spec file (see jobs/)"
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise GerneError(f"spec {path}: no such file; {fix}") from None
+    except OSError as err:
+        raise GerneError(f"spec {path}: cannot be read ({err.strerror}); {fix}") from None
+    if not stat.S_ISREG(mode):
+        raise GerneError(f"spec {path}: is {_what_it_is(mode)}, not a regular file; {fix}")
+    try:
+        # O_NONBLOCK: should path turn into a FIFO after the check, opening it does not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read(MAX_SPEC_BYTES + 1) if stat.S_ISREG(mode) else b""
+    except OSError as err:
+        raise GerneError(f"spec {path}: cannot be read ({err.strerror}); {fix}") from None
+    if not stat.S_ISREG(mode):
+        raise GerneError(f"spec {path}: is {_what_it_is(mode)}, not a regular file; {fix}")
+    if len(data) > MAX_SPEC_BYTES:
+        raise GerneError(
+            f"spec {path}: more than {MAX_SPEC_BYTES} bytes is too large for a job spec (limit "
+            f"{MAX_SPEC_BYTES}); a spec is a page of YAML: pass the right file"
+        )
+    return data
+
+
+def read_spec_file(path: str | Path) -> dict:
+    """Read a YAML or JSON spec file into a dict, with one-line errors naming the file.
+
+    UTF-8, with or without a byte-order mark; a mapping that repeats a key is refused.
+    """
+    path = Path(path)
+    data = _read_spec_bytes(path)
+    try:
+        text = data.decode("utf-8-sig")  # -sig: a leading byte-order mark (as some editors write) is dropped
     except UnicodeDecodeError as err:
         raise GerneError(f"spec {path}: not UTF-8 text ({err.reason}); save it as UTF-8 YAML") from err
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if path.suffix == ".json":
+            raw = json.loads(text, object_pairs_hook=_unique_pairs)
+        else:
+            raw = _load_yaml(text)
+    except _DuplicateKeyError as err:
+        lines = sorted(set(err.lines or ()))
+        where = f" (line{'s' if len(lines) > 1 else ''} {' and '.join(map(str, lines))})" if lines else ""
+        raise GerneError(
+            f"spec {path}: the key {_clip(repr(err.key))} appears twice in one mapping{where}; keep one "
+            "(a repeated key would silently override the first)"
+        ) from None
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -333,7 +590,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise GerneError(f"--set {item!r}: {part} is a value, not a section")
             node = child
         try:
-            parsed = yaml.safe_load(value)
+            parsed = _load_yaml(value)
+        except _DuplicateKeyError as err:
+            key = _clip(repr(err.key))
+            raise GerneError(f"--set {item!r}: the key {key} appears twice; keep one") from None
         except yaml.YAMLError as err:
             raise GerneError(f"--set {item!r}: the value is not valid YAML") from err
         if parents == ["method"] and leaf == "name" and parsed != node.get("name", "gerne"):
@@ -390,37 +650,57 @@ def _model_at(loc: tuple, raw: Any = None) -> type[BaseModel] | None:
 
 
 def describe_validation_error(err: ValidationError, raw: Any = None) -> str:
-    """One line per problem, joined: the field's dotted path, what is wrong, how to fix it."""
-    parts = []
+    """The problems, joined by "; ": each field's dotted path, what is wrong, how to fix it.
+
+    Linear in the number of errors; the first MAX_PROBLEMS are shown, then "and N more problems".
+    """
     errors = []
     for e in err.errors():  # drop pydantic's union-branch tags (list[...], function-after[...]) from paths
         errors.append({**e, "loc": tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))})
     ours = {e["loc"] for e in errors if e["type"] == "value_error"}
+    inner = {e["loc"][:i] for e in errors for i in range(len(e["loc"]))}  # proper prefixes of locations
+    parts: list[str] = []
+    more = 0
     seen = set()
     for e in errors:
-        loc = tuple(e["loc"])
+        loc = e["loc"]
         if loc in ours and e["type"] != "value_error":
             continue  # a union's other branch failing too: our own message says what is wrong
-        if any(len(o["loc"]) > len(loc) and o["loc"][: len(loc)] == loc for o in errors):
+        if loc in inner:
             continue  # another union branch: the errors inside this field say more
         key = (loc, e["msg"])
         if key in seen:
             continue
         seen.add(key)
-        field = ".".join(str(p) for p in loc) or "(top level)"
-        if not loc and e["type"] == "value_error":  # a check across sections: its message names the field
-            parts.append(e["msg"].removeprefix("Value error, "))
-        elif e["type"] == "extra_forbidden":
-            parent = _model_at(loc[:-1], raw)
-            allowed = ", ".join(parent.model_fields) if parent else "see the spec reference"
-            owner = f" of method {parent.model_fields['name'].default}" if loc[:1] == ("method",) and parent \
-                else ""
-            parts.append(f"{field}: unknown key{owner}; remove it or use one of: {allowed}")
-        elif e["type"] == "missing":
-            parts.append(f"{field}: required; add it to the spec")
+        if len(parts) == MAX_PROBLEMS:
+            more += 1
         else:
-            got = e.get("input")
-            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"{field}: {msg}{shown}")
+            parts.append(_describe_one(e, raw))
+    if more:
+        parts.append(f"and {more} more problem{'s' if more > 1 else ''}")
     return "; ".join(parts)
+
+
+def _clip(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """text, cut to limit characters with an ellipsis (a huge key or value stays readable)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe_one(e: dict, raw: Any) -> str:
+    """One validation problem: the field's dotted path, what is wrong, how to fix it."""
+    loc = e["loc"]
+    field = _clip(".".join(str(p) for p in loc) or "(top level)")
+    if not loc and e["type"] == "value_error":  # a check across sections: its message names the field
+        return e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1], raw)
+        allowed = ", ".join(parent.model_fields) if parent else "see the spec reference"
+        owner = f" of method {parent.model_fields['name'].default}" if loc[:1] == ("method",) and parent \
+            else ""
+        return f"{field}: unknown key{owner}; remove it or use one of: {allowed}"
+    if e["type"] == "missing":
+        return f"{field}: required; add it to the spec"
+    got = e.get("input")
+    shown = "" if isinstance(got, dict | list) else f" (got {_clip(repr(got))})"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{field}: {msg}{shown}"

@@ -2,10 +2,11 @@
 
 The unknown-attribute mode (gerne_ray.pseudo) needs a biased model: ERM on class-balanced batches
 with weight decay x2 and learning rate x0.1, its epoch selected by validation class-balanced
-accuracy; stage 2 scores every training sample's confidence in its own label, p(y | x), and ranks
-the samples of each class from the least confident. Both run once per job, in `<run>/stage1-<key>/`
-(key: a hash of what they depend on: data incl. attribute_labels, model, optim but its epochs,
-seed), fetched from and copied back to the run's storage, and reused by every trial and on resume;
+accuracy, or its last epoch (data.stage1_select: last); stage 2 scores every training sample's
+confidence in its own label, p(y | x), and ranks the samples of each class from the least confident.
+Both run once per job, in `<run>/stage1-<key>/` (key: a hash of what they depend on: data incl.
+attribute_labels and stage1_select, model, optim but its epochs, seed), fetched from and copied
+back to the run's storage, and reused by every trial and on resume;
 `ranking.parquet` holds id, y, confidence and rank within class.
 
 JTT (gerne_ray.methods.jtt) needs the error sets of an ERM model: `jtt_errors` trains class-balanced
@@ -93,12 +94,17 @@ def biased_ranking(spec: JobSpec, masked: GroupedDataset, run: RunFolder) -> Ran
     sspec = stage1_spec(spec)
     log.warning("stage 1: training the biased model (%d epochs) in %s", sspec.optim.epochs, folder)
     folder.mkdir(parents=True, exist_ok=True)
-    train_loop(sspec, Prepared(masked, training_stats(masked)), WorkerContext(checkpoint_dir=folder),
-               keep_best=True)
+    last = spec.data.stage1_select == "last"
+    ctx = WorkerContext(checkpoint_dir=folder)
+    history = train_loop(sspec, Prepared(masked, training_stats(masked)), ctx, keep_best=not last)
     state = load_state(folder / CHECKPOINT_FILE)
+    if last and history and history[-1]["status"] == "ok":
+        state.update(best_model=state["model"], best_epoch=history[-1]["epoch"],
+                     best_value=history[-1].get(STAGE1_EPOCH_KEY))
     if state.get("best_model") is None:  # no epoch finished with a finite validation metric
-        raise GerneError("data.attributes: the biased model (stage 1) diverged before any usable epoch; "
-                         "lower optim.lr")
+        why = " (data.stage1_select is last, and the last one diverged)" if last else ""
+        raise GerneError("data.attributes: the biased model (stage 1) diverged before any usable "
+                         f"epoch{why}; lower optim.lr")
     model = model_for(sspec, masked)
     model.load_state_dict(state["best_model"])
     confidence = score(model, masked, sspec.optim.eval_batch_size, sspec.data.num_workers)

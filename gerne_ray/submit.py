@@ -24,6 +24,7 @@ from pathlib import Path
 
 from gerne_ray.errors import GerneError
 from gerne_ray.spec import JobSpec, SpecLike, load_spec
+from gerne_ray.storage import storage_settings
 
 SPEC_ENV = "GERNE_RAY_SPEC"
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"
@@ -87,8 +88,9 @@ def submit(spec: SpecLike, address: str | None = None, wait: bool = False,
     job_id = client.submit_job(
         entrypoint=entrypoint(),
         submission_id=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        # the storage's endpoint and region go along (never credentials: the cluster's nodes have their own)
         runtime_env={"working_dir": str(working_dir),
-                     "env_vars": {SPEC_ENV: json.dumps(spec.model_dump(mode="json"))}},
+                     "env_vars": {**storage_settings(), SPEC_ENV: json.dumps(spec.model_dump(mode="json"))}},
         metadata={"gerne_ray_job": spec.name},
     )
     print(f"submitted job {job_id} to {address}: gerne-ray tune {spec.name}, results in "

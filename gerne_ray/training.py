@@ -16,6 +16,8 @@ from gerne_ray.data import load_dataset
 from gerne_ray.data.base import TRAIN, GroupedDataset
 from gerne_ray.errors import GerneError
 from gerne_ray.loop import CHECKPOINT_FILE, Prepared, WorkerContext, model_for, train_loop, training_stats
+from gerne_ray.models import allocation_failures_as
+from gerne_ray.progress import EpochProgress
 from gerne_ray.results import EVAL_SPLITS, history_rows, select_epoch
 from gerne_ray.sampling import rank_share
 from gerne_ray.spec import JobSpec, SpecLike, load_spec
@@ -27,7 +29,11 @@ def prepare(spec: JobSpec, dataset: GroupedDataset | None = None, check_method: 
     A search (`check_method=False`) draws the searched values itself: the spec's fixed ones are unused.
     """
     rank_share(spec.optim.batch_size_per_class, 0, spec.scaling.num_workers)  # B >= W, before any worker
-    dataset = dataset if dataset is not None else load_dataset(spec.data)
+    if dataset is None:
+        fix = (f"{spec.data.dataset} does not fit this machine's memory; use a machine with more memory "
+               "(or a lower data.max_length for text)")
+        with allocation_failures_as("data.dataset", fix):
+            dataset = load_dataset(spec.data)
     # the architecture must fit the data: fail here, before a run folder or a worker exists
     model_for(spec, dataset, pretrained=False)
     method = methods.get(spec.method.name)
@@ -156,11 +162,12 @@ def _get(d: dict, dotted: str) -> object:
     return d
 
 
-def train(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDataset | None = None) -> dict:
+def train(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDataset | None = None,
+          progress: EpochProgress | None = None) -> dict:
     """Run one configuration, resuming its run folder's checkpoint if any; write and return the result.
 
     One worker without a GPU trains in-process; `scaling.num_workers > 1` or `scaling.use_gpu` runs
-    Ray Train workers (gerne_ray.distributed).
+    Ray Train workers (gerne_ray.distributed). progress: told of each epoch of an in-process run.
     """
     spec = load_spec(spec, overrides)
     prepared = prepare(spec, dataset)
@@ -181,7 +188,11 @@ def train(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDa
     else:
         folder.pull(CHECKPOINT_FILE)
         ctx = WorkerContext(checkpoint_dir=folder.local, after_save=lambda: folder.push(CHECKPOINT_FILE))
-        history = train_loop(spec, prepared, ctx)
+        o = spec.optim
+        fix = (f"lower optim.batch_size_per_class (now {o.batch_size_per_class}), optim.eval_batch_size "
+               f"(now {o.eval_batch_size}) or model.hidden; rerunning resumes from the last checkpoint")
+        with allocation_failures_as("optim.batch_size_per_class", fix):  # a step or an evaluation's batch
+            history = train_loop(spec, prepared, ctx, progress=progress)
     result = summarize(spec, prepared, history)
     results.write_rows_parquet(folder.local / "history.parquet", history_rows(history))
     results.write_json(folder.local / "result.json", result)

@@ -11,7 +11,9 @@ A trial with one worker runs the training loop in-process inside its Tune trial;
 workers (or a GPU) drives a TorchTrainer whose rank 0 reports back through TuneReportCallback (the
 Ray Train V2 pattern). The Optuna study lives in `optuna.journal` in the run folder (Optuna's
 journal storage), so the searcher's knowledge survives a killed driver; Tune's experiment state
-beside it resumes unfinished trials from their checkpoints (`gerne-ray resume RUN_DIR`).
+beside it resumes unfinished trials from their checkpoints (`gerne-ray resume RUN_DIR`). A trial that
+fails (a node lost under it) is restarted from its latest checkpoint up to `scaling.max_failures`
+times, on whichever node has room; each epoch's history row names the nodes it ran on (`node_ids`).
 
 With `search.final_seeds: k` the best configuration is trained again with k new seeds (the spec's
 seed + 1 ... + k; the searched seed is left out so the estimate is not the selection's lucky draw)
@@ -20,7 +22,7 @@ and best.json reports their mean and standard deviation.
 Files in `<storage.path>/<name>/`: spec.json, trials.parquet (one row per trial: config, status,
 selected epoch's metrics, per-group accuracies), trial_histories.parquet (every trial's epochs),
 best.json (result.json's keys for the best trial, plus its config and the seed statistics),
-report.md and plots/ (gerne_ray.report), optuna.journal, and Tune's and Train's own state.
+report.md, report.html and plots/ (gerne_ray.report), optuna.journal, and Tune's and Train's own state.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from gerne_ray.errors import GerneError
 from gerne_ray.loop import CHECKPOINT_FILE, Prepared, WorkerContext, save_state, train_loop
 from gerne_ray.results import METRIC_KEYS, OPTIM_KEYS, SEED_KEY, epoch_metrics, history_rows, objective_key
 from gerne_ray.spec import JobSpec, SpecLike, load_spec
-from gerne_ray.storage import RunFolder
+from gerne_ray.storage import RunFolder, apply_storage_settings, storage_settings
 from gerne_ray.training import claim_run_dir, prepare, read_spec_json, run_first_stages, summarize
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,8 @@ JOURNAL_FILE = "optuna.journal"
 # state after num_to_keep new checkpoints: with 2 kept, a driver killed between the two still finds
 # the checkpoint its last snapshot names (with 1, that one could already be gone).
 KEEP_CHECKPOINTS = 2
-OUTPUT_FILES = ("trials.parquet", "trial_histories.parquet", "best.json", "report.md", "plots", JOURNAL_FILE)
+OUTPUT_FILES = ("trials.parquet", "trial_histories.parquet", "best.json", "report.md", "report.html", "plots",
+                JOURNAL_FILE)
 
 
 @dataclass
@@ -80,8 +83,11 @@ class TuneTrialContext(WorkerContext):
     """An in-process worker inside a Tune trial: checkpoints and metrics go through ray.tune.report."""
 
     def __init__(self, metric: str) -> None:
+        import ray
+
         super().__init__()
         self.metric = metric
+        self.node_id = ray.get_runtime_context().get_node_id()
         for name in RAY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -113,8 +119,13 @@ def trial_spec(spec: JobSpec, config: dict, name: str, storage: str | Path) -> J
     return JobSpec.model_validate(raw)
 
 
-def run_trial(config: dict, job: dict, prepared: Prepared) -> None:
-    """Tune's trainable: train one configuration, in-process or on Ray Train workers."""
+def run_trial(config: dict, job: dict, prepared: Prepared, storage: dict | None = None) -> None:
+    """Tune's trainable: train one configuration, in-process or on Ray Train workers.
+
+    storage: the driver's endpoint and region settings (no credentials), for a worker process that
+    did not inherit its environment (a cluster the driver connected to).
+    """
+    apply_storage_settings(storage or {})
     spec = JobSpec.model_validate(job)
     context = ray_tune.get_context()
     tspec = trial_spec(spec, config, context.get_trial_id(), f"{spec.folder.location}/train")
@@ -220,6 +231,12 @@ def make_searcher(spec: JobSpec, stats: groups.GroupStats, run_dir: Path,
     return searcher
 
 
+def trial_retries(spec: JobSpec) -> ray_tune.FailureConfig:
+    """Tune's restarts of a failed trial from its latest checkpoint: `scaling.max_failures` of them."""
+    # for Ray Train trials too: their worker-group restarts cannot save a trial whose driver's node was lost
+    return ray_tune.FailureConfig(max_failures=spec.scaling.max_failures)
+
+
 def make_scheduler(spec: JobSpec):
     """ASHA on the epoch count (`search.scheduler: asha`) or FIFO."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -239,7 +256,8 @@ def _trainable(spec: JobSpec, prepared: Prepared):
     s = spec.scaling
     # A multi-worker trial only drives its TorchTrainer: its workers hold the CPUs, it needs almost none.
     resources = {"cpu": 0.01} if s.distributed else {"cpu": s.cpus_per_worker}
-    return ray_tune.with_resources(ray_tune.with_parameters(run_trial, job=job, prepared=prepared), resources)
+    trainable = ray_tune.with_parameters(run_trial, job=job, prepared=prepared, storage=storage_settings())
+    return ray_tune.with_resources(trainable, resources)
 
 
 class Progress(Callback):
@@ -334,6 +352,7 @@ def search(spec: JobSpec, prepared: Prepared, folder: RunFolder):
             name=spec.name,
             storage_path=folder.ray_storage,
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+            failure_config=trial_retries(spec),
             callbacks=[Progress("trial", s.num_samples, s.metric, spec.optim.epochs),
                        PushFiles(folder, JOURNAL_FILE)],
             verbose=0,
@@ -359,6 +378,7 @@ def run_final(spec: JobSpec, prepared: Prepared, folder: RunFolder, best: dict):
             name=FINAL_DIR,
             storage_path=folder.location,
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+            failure_config=trial_retries(spec),
             callbacks=[Progress("seed", len(seeds), spec.search.metric, spec.optim.epochs)],
             verbose=0,
         ),

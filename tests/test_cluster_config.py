@@ -40,8 +40,24 @@ def cluster() -> dict:
 
 
 @pytest.fixture(scope="module")
-def rayjob() -> dict:
-    return yaml.safe_load(RAYJOB_YAML.read_text())
+def rayjob_documents() -> list[dict]:
+    return list(yaml.safe_load_all(RAYJOB_YAML.read_text()))
+
+
+def _of_kind(documents: list[dict], kind: str) -> dict:
+    found = [d for d in documents if d and d.get("kind") == kind]
+    assert len(found) == 1, f"{RAYJOB_YAML.name} should hold one {kind}, has {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def rayjob(rayjob_documents) -> dict:
+    return _of_kind(rayjob_documents, "RayJob")
+
+
+@pytest.fixture(scope="module")
+def network_policy(rayjob_documents) -> dict:
+    return _of_kind(rayjob_documents, "NetworkPolicy")
 
 
 def _errors(validator, config: dict) -> list[str]:
@@ -185,3 +201,70 @@ def test_rayjob_runs_gerne_ray_tune_on_an_autoscaling_gpu_group(rayjob):
     (worker,) = group["template"]["spec"]["containers"]
     assert str(worker["resources"]["limits"]["nvidia.com/gpu"]) == "1"
     assert cluster.get("authOptions", {}).get("mode") == "token"
+
+
+def _pod_templates(rayjob: dict) -> dict[str, dict]:
+    """Every pod template of the RayJob: head, each worker group, the submitter."""
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    templates = {"head": cluster["headGroupSpec"]["template"]}
+    templates.update({f"worker {g['groupName']}": g["template"] for g in cluster["workerGroupSpecs"]})
+    templates["submitter"] = rayjob["spec"]["submitterPodTemplate"]
+    return templates
+
+
+def _non_root(context: dict) -> list[str]:
+    """What a container securityContext lacks of: non-root uid 1000, no escalation, no capabilities."""
+    wanted = {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False}
+    missing = [f"{k}: {v}" for k, v in wanted.items() if context.get(k) != v]
+    if context.get("capabilities", {}).get("drop") != ["ALL"]:
+        missing.append("capabilities.drop: [ALL]")
+    if context.get("privileged"):
+        missing.append("not privileged")
+    return missing
+
+
+def test_rayjob_containers_run_as_non_root_without_capabilities(rayjob):
+    problems = []
+    for name, template in _pod_templates(rayjob).items():
+        pod = template["spec"].get("securityContext", {})
+        if pod.get("runAsUser", 1000) == 0 or pod.get("runAsNonRoot") is not True:
+            problems.append(f"{name} pod: runAsNonRoot")
+        for container in template["spec"]["containers"]:
+            lacks = _non_root(container.get("securityContext", {}))
+            problems += [f"{name}/{container['name']}: {m}" for m in lacks]
+    autoscaler = rayjob["spec"]["rayClusterSpec"]["autoscalerOptions"].get("securityContext", {})
+    problems += [f"autoscaler: {m}" for m in _non_root(autoscaler)]
+    assert problems == []
+
+
+def test_rayjob_exposes_no_ray_client_port(rayjob):
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]
+    (container,) = head["template"]["spec"]["containers"]
+    ports = {p["containerPort"] for p in container.get("ports", [])}
+    assert 8265 in ports and 10001 not in ports, ports  # KubeRay builds the head Service from these
+    assert "ray-client-server-port" not in head["rayStartParams"]
+
+
+def test_network_policy_admits_only_the_jobs_pods_and_the_namespace_to_the_dashboard(rayjob, network_policy):
+    assert network_policy["apiVersion"] == "networking.k8s.io/v1"
+    spec = network_policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    selector = spec["podSelector"]["matchLabels"]
+    for name, template in _pod_templates(rayjob).items():  # every Ray pod, not the submitter
+        labels = template.get("metadata", {}).get("labels", {})
+        covered = all(labels.get(k) == v for k, v in selector.items())
+        assert covered == (name != "submitter"), (name, labels, selector)
+    among_themselves, dashboard = spec["ingress"]
+    assert among_themselves == {"from": [{"podSelector": {"matchLabels": selector}}]}
+    assert dashboard["ports"] == [{"protocol": "TCP", "port": 8265}]
+    for peer in dashboard["from"]:
+        if "namespaceSelector" not in peer:
+            assert peer == {"podSelector": {}}  # this namespace only: where KubeRay runs the submitter
+        else:  # another namespace: only the KubeRay operator's pods, never a whole namespace
+            assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "kuberay-operator"}
+    assert "ipBlock" not in json.dumps(spec), "no addresses from outside the cluster"
+
+
+def test_network_policy_comes_first_so_that_it_is_in_place_before_the_pods(rayjob_documents):
+    kinds = [d["kind"] for d in rayjob_documents if d]
+    assert kinds == ["NetworkPolicy", "RayJob"]

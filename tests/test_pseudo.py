@@ -185,3 +185,22 @@ def test_unknown_attribute_gerne_beats_erm_on_colored_digits(tmp_path):
     unknown = mean_gba("unknown", ["data.attributes=unknown", "data.attribute_labels=val_only",
                                    "method.t=0.02", "search.metric=val_gba"])
     assert unknown - erm >= 8.0, (unknown, erm)
+
+
+def test_stage1_select_last_ranks_with_the_last_epochs_model(tmp_path):
+    from gerne_ray.loop import CHECKPOINT_FILE, load_state, model_for
+    from gerne_ray.stage1 import score, stage1_key, stage1_spec
+
+    spec = load_spec(SPEC, ["data.stage1_select=last", "optim.epochs=5", f"storage.path={tmp_path}"])
+    assert stage1_key(spec) != stage1_key(load_spec(spec, ["data.stage1_select=val_class_balanced"]))
+    train(spec)
+    folder = next((tmp_path / "unknown").glob("stage1-*"))
+    info = json.loads((folder / "stage1.json").read_text())
+    assert info["best_epoch"] == 5 and info["spec"]["optim"]["epochs"] == 5
+    state = load_state(folder / CHECKPOINT_FILE)
+    assert state["epoch"] == 5
+    ds = load_dataset(spec.data)
+    model = model_for(stage1_spec(spec), ds)
+    model.load_state_dict(state["model"])  # the last epoch's weights, not the best kept by validation
+    ranking = pd.read_parquet(folder / "ranking.parquet")
+    np.testing.assert_allclose(ranking.confidence.to_numpy(), score(model, ds, 256, 0), rtol=1e-6)

@@ -3,13 +3,18 @@
 Layout (`data.root` is the folder):
 
     root/metadata.csv    columns id, filename, split, y, a (others are ignored)
-    root/<filename>      one image file per row (a path relative to root; an absolute one is used as is)
+    root/<filename>      one image file per row (a path relative to root, or an absolute one inside it;
+                         a path leaving root, by `..` or otherwise, is refused)
 
 - id: a unique integer per row (the sample id reported in results).
 - split: 0/1/2 (train/val/test), or the words train/val/test.
 - y, a: integer class and attribute labels, 0 or more; K = max(y) + 1 and A = max(a) + 1 over all
   splits (labels must therefore be consecutive indices: a class missing from the training split is an
   error when training starts).
+
+Every image file's header is read when the dataset is loaded (nothing is decoded): a file that is
+no image, or claims more than PIL's 89.5 million pixel limit (a decompression bomb), is refused
+there, naming the file.
 
 Transform rule: the first row's image decides for the whole dataset. If neither side is larger than
 `SMALL_IMAGE` (64) pixels the images are used as stored (`none`: uint8 CHW scaled to [0, 1]; every
@@ -24,6 +29,7 @@ error names the option (`data.root`), the file and the column, and how to fix it
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from gerne_ray.data.base import SPLITS, GroupedDataset
-from gerne_ray.data.images import ImageFiles
+from gerne_ray.data.images import ImageFiles, image_size
 from gerne_ray.errors import GerneError
 
 NAME = "metadata_csv"
@@ -171,7 +177,13 @@ def read_csv(path: Path, what: str) -> pd.DataFrame:
 
 def image_paths(folder: Path, names: Sequence, column: str, file: str | Path,
                 first_line: int | None = None) -> list[str]:
-    """Each file name joined to folder (absolute names kept), or a GerneError at the first empty name."""
+    """Each file name joined to folder, or a GerneError at the first empty name or name leaving folder.
+
+    A name may be absolute if it lies inside folder; no name may hold a `..` part (symbolic links
+    inside folder are followed: whoever can write folder chose them).
+    """
+    base = os.path.abspath(folder)
+    inside = tuple({r.rstrip(os.sep) + os.sep for r in (base, os.path.realpath(folder))})
     paths = []
     for i, name in enumerate(names):
         if name is None or (isinstance(name, float) and np.isnan(name)) or str(name).strip() == "":
@@ -179,7 +191,15 @@ def image_paths(folder: Path, names: Sequence, column: str, file: str | Path,
                 f"data.root: {file}: column {column!r} is empty in {_where(i, first_line)}; every row needs "
                 "the path of its image"
             )
-        paths.append(str(folder / str(name).strip()))
+        text = str(name).strip()
+        target = os.path.normpath(os.path.join(base, text))  # an absolute text replaces base
+        if ".." in Path(text).parts or not target.startswith(inside):
+            raise GerneError(
+                f"data.root: {file}: column {column!r} in {_where(i, first_line)} names {_show(text[:200])}, "
+                f"which is not a file inside {folder}; give each image's path relative to that folder, "
+                "without '..'"
+            )
+        paths.append(str(folder / text))
     return paths
 
 
@@ -187,21 +207,15 @@ def image_transform(first: str, small: int = SMALL_IMAGE) -> str:
     """`none` when the first image is at most `small` pixels on both sides, else `imagenet224`."""
     if not Path(first).is_file():
         return "none"  # ImageFiles then reports every missing file at once
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(first) as img:
-            width, height = img.size
-    except (UnidentifiedImageError, OSError) as err:
-        raise GerneError(f"data.root: {first} is not a readable image ({err}); replace or remove it") \
-            from None
+    width, height = image_size(first)
     return "none" if max(width, height) <= small else "imagenet224"
 
 
 def image_source(paths: list[str], where: str = "data.root") -> ImageFiles:
-    """ImageFiles over paths with the transform the first image's size implies (see the module doc)."""
+    """ImageFiles over paths with the transform the first image's size implies (see the module doc),
+    every file's header checked."""
     transform = image_transform(paths[0]) if paths else "none"
-    return ImageFiles(paths, transform=transform, where=where)
+    return ImageFiles(paths, transform=transform, where=where, check_headers=True)
 
 
 def load_metadata_csv(root: str | None) -> GroupedDataset:

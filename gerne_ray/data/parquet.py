@@ -10,9 +10,10 @@ by `load_parquet`). One row per sample; columns:
 - split: 0/1/2 (train/val/test), or the words train/val/test.
 - id (optional): a unique integer per row; without it, the row number.
 - The inputs, exactly one of:
-  - `path` (or `filename`): image file paths, relative to the manifest's folder (absolute ones are used
-    as they are), read lazily with the rule of the metadata_csv layout: images at most 64 pixels on
-    both sides as stored, larger ones with the `imagenet224` transform (decided by the first row);
+  - `path` (or `filename`): image file paths inside the manifest's folder (relative to it, or absolute
+    but inside it; no `..`: put the manifest at the images' root), read lazily with the rule of the
+    metadata_csv layout: images at most 64 pixels on both sides as stored, larger ones with the
+    `imagenet224` transform (decided by the first row);
   - `features`: a list<float> column (every row the same length D) -> a float32 tensor (N, D);
   - numeric columns `x0, x1, ..., x{D-1}` (numbered from 0 without gaps, ordered by number, so
     x10 follows x9) -> a float32 tensor (N, D).

@@ -21,7 +21,7 @@ class ReweightParams(MethodParams):
     """The (c, beta) whose expected GERNE objective the weights reproduce."""
 
     name: Literal["reweight"] = "reweight"
-    c: float = Field(0.5, gt=0, le=1)
+    c: float = Field(0.5, gt=0, le=1, description="GERNE objective's c: p_lb = (1 - c) alpha + c / A")
     beta: float = Field(0.0, description="inside the bounds the training groups give for c")
     t: PseudoT = 0.01
 
