@@ -94,5 +94,5 @@ def run_demo(storage: str = "runs", seeds: int = 3, trials: int | None = None) -
                                          for k in ("test_gba", "test_wga", "val_gba")))
     print(f"\nGBA: mean of per-group accuracies; WGA: worst group's accuracy; mean +- std over seeds "
           f"{seed_list}, the epoch of each run selected by val GBA. Search report: "
-          f"{result.location}/report.md. Total {time.perf_counter() - start:.0f} s.")
+          f"{result.location}/report.html (and report.md). Total {time.perf_counter() - start:.0f} s.")
     return table
