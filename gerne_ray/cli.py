@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gerne_ray.training import train
 
     spec = load_spec(args.spec, args.set)
-    progress = EpochProgress(spec.optim.epochs, spec.search.metric)  # stderr; rewritten in place on a tty
+    progress = EpochProgress(spec.optim.epochs, spec.search.primary)  # stderr; rewritten in place on a tty
     try:
         result = train(spec, progress=progress)
     finally:

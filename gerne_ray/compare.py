@@ -99,21 +99,23 @@ def render_markdown(spec: JobSpec, rows: list[dict], wall_s: float) -> str:
     groups = by_method(rows)
     seeds = sorted({r["seed"] for r in rows})
     names = [f"test {m}" for m in METRIC_NAMES]
+    metrics = spec.search.metrics
+    selection = " and ".join(metrics) + (" (their Pareto front, search.select)" if len(metrics) > 1 else "")
     lines = [
         f"# {spec.name}: methods compared on {spec.data.dataset}",
         "",
         f"Each method searched with {spec.search.num_samples} trials (one where it has nothing to search), "
         f"{spec.optim.epochs} epochs, scheduler {spec.search.scheduler}, selection by "
-        f"{spec.search.metric}; the best configuration trained again with seeds {seeds}. mean +- std "
-        f"(ddof 0) over those seeds, each run at the epoch selected by {spec.search.metric}. "
+        f"{selection}; the best configuration trained again with seeds {seeds}. mean +- std "
+        f"(ddof 0) over those seeds, each run at the epoch selected by {spec.search.primary}. "
         f"Wall time {wall_s:.0f} s.",
         "",
-        "| method | " + " | ".join(names) + f" | {spec.search.metric} |",
-        "|---|" + "---|" * (len(names) + 1),
+        "| method | " + " | ".join(names) + f" | {' | '.join(metrics)} |",
+        "|---|" + "---|" * (len(names) + len(metrics)),
     ]
     for method, rs in groups.items():
         s = stats(rs)
-        cells = [_cell(s[f"test_{m}"]) for m in METRIC_NAMES] + [_cell(s[spec.search.metric])]
+        cells = [_cell(s[f"test_{m}"]) for m in METRIC_NAMES] + [_cell(s[m]) for m in metrics]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "## Selected configurations", "", "| method | trial | configuration |", "|---|---|---|"]
     for method, rs in groups.items():

@@ -17,7 +17,13 @@ W-th sample and the per-group counts are all-reduced, so every rank holds the sa
 
 A checkpoint (`checkpoint_state` / `restore_state`, the one place its layout lives) holds the epoch,
 every network's and optimiser's state, the method's state, every rank's sampler RNG state and the
-history: a resumed run continues exactly where it stopped.
+history: a resumed run continues exactly where it stopped. The optimisers' learning rate and weight
+decay are the spec's, not the checkpoint's: a PBT trial that restores another trial's checkpoint
+trains on with its own perturbed values (for a plain resume they are the same).
+
+Each epoch's row records what the method set for it (`Method.epoch_start`: GERNE's beta and c, which
+a beta_schedule moves), the learning rate, and inside Tune the trial that trained it
+(`trained_in_trial`: after a PBT exploit, the epochs before it name the trial they were copied from).
 """
 
 from __future__ import annotations
@@ -51,6 +57,11 @@ class WorkerContext:
     """One in-process worker: no collectives; checkpoints go to `checkpoint_dir` when given."""
 
     node_id: str | None = None  # the Ray node this worker runs on (None outside Ray): in each epoch's row
+    trial_id: str | None = None  # the Tune trial running the loop (None outside Tune): in each epoch's row
+    # the checkpoint policy: every checkpoint_every-th epoch, each epoch in checkpoint_epochs and the last
+    # one (or the one that diverged) end with a checkpoint; the others are only reported (`report`)
+    checkpoint_every: int = 1
+    checkpoint_epochs: frozenset[int] = frozenset()
 
     def __init__(self, device: torch.device | None = None, checkpoint_dir: Path | None = None,
                  after_save: Callable[[], None] | None = None) -> None:
@@ -82,6 +93,13 @@ class WorkerContext:
             save_state(self.checkpoint_dir / CHECKPOINT_FILE, state)
             if self.after_save is not None:
                 self.after_save()
+
+    def checkpoint_due(self, epoch: int, last: bool) -> bool:
+        """Whether this epoch ends with a checkpoint (`save`) or only with its row (`report`)."""
+        return last or epoch % self.checkpoint_every == 0 or epoch in self.checkpoint_epochs
+
+    def report(self, row: dict, history: list[dict]) -> None:
+        """Record one finished epoch without a checkpoint: its row is in the next checkpoint's history."""
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -223,6 +241,12 @@ def checkpoint_state(epoch: int, nets: dict[str, nn.Module], optimizers: dict, m
 def restore_state(state: dict, spec: JobSpec, ctx: WorkerContext, nets: dict[str, nn.Module],
                   optimizers: dict, method: Method, sampler: PairedSampler) -> None:
     """Load what checkpoint_state saved into the run's networks, optimisers, method and sampler."""
+    saved_method = state.get("method_name", method.name)
+    if saved_method != method.name:
+        raise GerneError(
+            f"method.name: the checkpoint of run {spec.name} was written by method {saved_method}, this "
+            f"run's is {method.name}; resume with method.name: {saved_method} or use a new name"
+        )
     saved = len(state["samplers"])
     if saved != ctx.world_size:
         raise GerneError(
@@ -236,6 +260,9 @@ def restore_state(state: dict, spec: JobSpec, ctx: WorkerContext, nets: dict[str
         optimizers[k].load_state_dict(state["aux_optimizers"][k])
     method.load_state_dict(state.get("method", {}))
     sampler.load_state_dict(state["samplers"][ctx.rank])
+    for optimizer in optimizers.values():  # the spec's: a PBT exploit restores another trial's optimiser
+        for group in optimizer.param_groups:
+            group["lr"], group["weight_decay"] = spec.optim.lr, spec.optim.weight_decay
 
 
 def train_loop(
@@ -289,6 +316,7 @@ def train_loop(
         for net in nets.values():
             net.train()
         start = time.perf_counter()
+        scheduled = method.epoch_start(epoch, spec.optim.epochs)  # e.g. GERNE's beta of this epoch
         loss_sums = torch.zeros(len(loss_keys), dtype=torch.float64, device=ctx.device)  # no per-step sync
         diag_sums = torch.zeros(len(diag_keys), dtype=torch.float64)
         # the epoch's batches are drawn first (the sampler's stream in step order), then read,
@@ -314,6 +342,10 @@ def train_loop(
         row: dict = {"epoch": epoch, "status": "ok", "reason": "",
                      **dict(zip(loss_keys, loss_means.tolist(), strict=True)),
                      **dict(zip(diag_keys, (diag_sums / steps).tolist(), strict=True))}
+        row.update(scheduled)
+        row["lr"] = optimizers["model"].param_groups[0]["lr"]
+        if ctx.trial_id is not None:  # after a PBT exploit the earlier epochs were trained by another trial
+            row["trained_in_trial"] = ctx.trial_id
         row["epoch_time_s"] = elapsed
         row["samples_per_s"] = steps * samples_per_step / elapsed
         if ctx.node_id is not None:  # on Ray: the node each rank ran this epoch on, in rank order
@@ -334,12 +366,18 @@ def train_loop(
                 row.update({f"{split_name}_{k}": v for k, v in values.items()})
                 row[f"{split_name}_groups"] = table.rows()
         history.append(row)
-        value = row.get(spec.search.metric, math.nan)
+        value = row.get(spec.search.primary, math.nan)
         if keep_best and row["status"] == "ok" and math.isfinite(value) and value > best["best_value"]:
             kept = {k: v.detach().cpu().clone() for k, v in unwrap(nets["model"]).state_dict().items()}
             best.update(best_model=kept, best_epoch=epoch, best_value=value)
-        ctx.save(row, checkpoint_state(epoch, nets, optimizers, method, ctx.all_gather(sampler.state_dict()),
-                                       history, best if keep_best else None))
+        # a run restored from an older checkpoint redoes the epochs after it: its history is that
+        # checkpoint's, so each epoch has one row
+        if ctx.checkpoint_due(epoch, last=epoch == spec.optim.epochs or row["status"] == "diverged"):
+            ctx.save(row, checkpoint_state(epoch, nets, optimizers, method,
+                                           ctx.all_gather(sampler.state_dict()), history,
+                                           best if keep_best else None))
+        else:
+            ctx.report(row, history)
         if progress is not None and ctx.rank == 0:
             progress.epoch_done(row)
         if row["status"] == "diverged":

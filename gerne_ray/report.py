@@ -3,7 +3,11 @@
 `write_report(run_dir)` reads trials.parquet, trial_histories.parquet and best.json (written by
 gerne_ray.tuning) and writes report.md and PNG plots under plots/: the selection metric against
 the searched value (beta for GERNE, the first searched hyperparameter of another method) over all
-trials, the best trial's per-group accuracies as a class x attribute heatmap, and learning curves.
+trials, the best trial's per-group accuracies as a class x attribute heatmap, and learning curves;
+where a trial's beta or c moved during training (a beta_schedule, PBT), beta and lambda per epoch of
+every trial (plots/beta_schedule.png, with the bounds and PBT's exploits);
+for a multi-metric search also the Pareto front (plots/pareto.png: every trial a point in the plane
+of the first two metrics, the front highlighted and joined, the selected trial ringed).
 The same figures, as inline SVG, make report.html (gerne_ray.report_html), one self-contained file.
 It names no method. `gerne-ray report RUN_DIR` calls it again, e.g. after a change to this module.
 """
@@ -16,10 +20,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from gerne_ray import results
+from gerne_ray import pareto, results
 from gerne_ray.errors import GerneError
 
 PLOTS = ("best_groups.png", "learning_curves.png")  # plus metric_vs_<searched value>.png
+PARETO_PLOT = "pareto.png"  # a multi-metric search's Pareto front
+SCHEDULE_PLOT = "beta_schedule.png"  # beta and lambda per epoch, where they move (a beta_schedule, PBT)
 TABLES = ("trials.parquet", "trial_histories.parquet", "best.json")
 STATUS_MARKERS = {"completed": "o", "stopped": "v", "diverged": "x", "error": "s"}
 
@@ -55,6 +61,87 @@ def _save(fig, path: Path) -> None:
 
     results.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
+
+
+def trials_text(n: int) -> str:
+    """`1 trial`, `2 trials`."""
+    return f"{n} trial{'' if n == 1 else 's'}"
+
+
+def floors_text(subject_to: dict) -> str:
+    """search.select's floors in words, each after a comma: `, val_wga >= 50%`."""
+    return "".join(f", {m} >= {100 * v:.4g}%" for m, v in subject_to.items())
+
+
+def objective_metrics(best: dict) -> list[str]:
+    """The searched metrics: several in a multi-objective search, else the one that selects."""
+    return list((best.get("selection") or {}).get("metrics") or [best["selection_metric"]])
+
+
+def selection_text(best: dict) -> str:
+    """How the best trial was selected, in words: by one metric, or from the Pareto front by search.select."""
+    metrics = objective_metrics(best)
+    if len(metrics) == 1:
+        return f"selection by {metrics[0]}"
+    sel = best["selection"]
+    size = trials_text(len(best["pareto_front"]))
+    return (f"selection from the Pareto front of {', '.join(metrics)} ({size}) by the largest "
+            f"{sel['maximize']}{floors_text(sel['subject_to'])}; each trial's epoch by {metrics[0]}")
+
+
+def front_gid(trial_id: str) -> str:
+    """The SVG id of a Pareto front trial's marker (report.html gives it a tooltip)."""
+    return "front-" + "".join(ch if ch.isalnum() or ch in "_-" else "-" for ch in str(trial_id))
+
+
+def front_titles(best: dict) -> dict[str, str]:
+    """Each Pareto front marker's tooltip: the trial, its configuration and its metrics."""
+    metrics = objective_metrics(best)
+    out = {}
+    for e in best.get("pareto_front") or []:
+        cfg = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in e["config"].items())
+        values = ", ".join(f"{m} {_pct(e[m])}" for m in metrics)
+        mark = "; selected" if e["trial_id"] == best["trial_id"] else ""
+        out[front_gid(e["trial_id"])] = (
+            f"trial {e['trial_id']} (epoch {e['best_epoch']}): {values}; test GBA {_pct(e['test_gba'])}, "
+            f"test WGA {_pct(e['test_wga'])}; {cfg}{mark}")
+    return out
+
+
+def figure_pareto(trials: list[dict], best: dict):
+    """Every trial as a point in the plane of the first two searched metrics (selected epochs); the
+    Pareto front highlighted and joined, the selected trial ringed in red, select's floors dashed."""
+    import matplotlib.pyplot as plt
+
+    metrics = objective_metrics(best)
+    x, y = metrics[:2]
+    on_front = {e["trial_id"] for e in best.get("pareto_front") or []}
+    points = [t for t in trials if t["status"] != "error" and pareto.usable(t, (x, y))]
+    others = [t for t in points if t["trial_id"] not in on_front]
+    front = sorted((t for t in points if t["trial_id"] in on_front), key=lambda t: (t[x], -t[y]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ax.scatter([100 * t[x] for t in others], [100 * t[y] for t in others], color="grey", alpha=0.6,
+               label=f"trial ({len(others)} dominated)", gid="dominated")
+    ax.plot([100 * t[x] for t in front], [100 * t[y] for t in front], color="tab:orange", linewidth=1.5,
+            zorder=2, gid="front-line")
+    for i, t in enumerate(front):
+        ax.scatter([100 * t[x]], [100 * t[y]], color="tab:orange", edgecolors="black", s=50, zorder=3,
+                   label=f"Pareto front ({len(front)})" if i == 0 else None, gid=front_gid(t["trial_id"]))
+    if isinstance(best.get(x), int | float) and isinstance(best.get(y), int | float):
+        ax.scatter([100 * best[x]], [100 * best[y]], s=260, facecolors="none", edgecolors="red", linewidths=2,
+                   zorder=4, label=f"selected ({best['trial_id']})", gid="selected")
+    floors = (best.get("selection") or {}).get("subject_to") or {}
+    for metric, line in ((x, ax.axvline), (y, ax.axhline)):
+        if metric in floors:
+            line(100 * floors[metric], color="red", linestyle="--", linewidth=1,
+                 label=f"floor {metric} >= {100 * floors[metric]:.4g}%")
+    ax.set_xlabel(f"{x} (%), selected epoch")
+    ax.set_ylabel(f"{y} (%), selected epoch")
+    more = f"; front over all {len(metrics)} metrics" if len(metrics) > 2 else ""
+    ax.set_title(f"{best['name']}: Pareto front of {len(points)} trials{more}", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
 
 
 def swept_key(best: dict) -> str | None:
@@ -262,6 +349,75 @@ def figure_learning_curves(histories: list[dict], best: dict):
     return fig
 
 
+def _search_rows(histories: list[dict]) -> dict[str, list[dict]]:
+    """The search trials' history rows, per trial, in epoch order."""
+    by_trial: dict[str, list[dict]] = {}
+    for r in histories:
+        if r.get("stage", "search") == "search":
+            by_trial.setdefault(r["trial_id"], []).append(r)
+    return {k: sorted(v, key=lambda r: r["epoch"]) for k, v in by_trial.items()}
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def schedule_moves(histories: list[dict]) -> bool:
+    """Whether some search trial trained with more than one beta or c (a beta_schedule, or PBT)."""
+    for rows in _search_rows(histories).values():
+        for key in ("beta", "c"):
+            values = {r.get(key) for r in rows if isinstance(r.get(key), int | float)}
+            if len(values) > 1:
+                return True
+    return False
+
+
+def figure_beta_schedule(histories: list[dict], best: dict):
+    """beta and lambda = c (beta + 1) per epoch of every search trial (the best in red), beta's upper
+    bound for each c and lambda's; a cross where a trial continued from another trial's checkpoint
+    (PBT's exploit: the epochs before it were trained by that trial)."""
+    import matplotlib.pyplot as plt
+
+    by_trial = _search_rows(histories)
+    fig, (ax_b, ax_l) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    exploit_label = "continued from another trial's checkpoint"
+    for trial_id, rows in by_trial.items():
+        rows = [r for r in rows if _number(r.get("beta")) and _number(r.get("c"))]
+        if not rows:
+            continue
+        is_best = trial_id == best["trial_id"]
+        style = {"color": "red", "linewidth": 2, "zorder": 3} if is_best else {"color": "grey", "alpha": 0.6}
+        epochs = [r["epoch"] for r in rows]
+        lams = [r["c"] * (r["beta"] + 1.0) for r in rows]
+        ax_b.plot(epochs, [r["beta"] for r in rows], drawstyle="steps-mid", **style)
+        ax_l.plot(epochs, lams, drawstyle="steps-mid", **style)
+        for prev, r, lam in zip(rows, rows[1:], lams[1:], strict=False):
+            if r.get("trained_in_trial") != prev.get("trained_in_trial") and r.get("trained_in_trial"):
+                ax_b.plot([r["epoch"]], [r["beta"]], "x", color=style["color"], markersize=8,
+                          label=exploit_label)
+                ax_l.plot([r["epoch"]], [lam], "x", color=style["color"], markersize=8)
+                exploit_label = None
+    bounds = best.get("beta_bounds_exact")
+    if bounds and _number(best.get("c")) and _number(bounds[1]) and math.isfinite(bounds[1]):
+        lam_hi = best["c"] * (bounds[1] + 1.0)  # the same for every c: beta's bound is lam_hi / c - 1
+        ax_l.axhline(lam_hi, color="tab:red", linestyle="--", linewidth=1, label=f"bound {lam_hi:.3g}")
+        ax_l.axhline(1.0, color="tab:blue", linestyle=":", linewidth=1, label="resampling (lambda = 1)")
+        cs = sorted({r["c"] for rows in by_trial.values() for r in rows if _number(r.get("c"))})
+        for c in cs if len(cs) <= 4 else []:
+            hi = lam_hi / c - 1.0
+            ax_b.axhline(hi, color="tab:red", linestyle="--", linewidth=1,
+                         label=f"bound for c = {c:.3g}: {hi:.3g}")
+    ax_b.set_xlabel("epoch")
+    ax_b.set_ylabel("beta")
+    ax_l.set_xlabel("epoch")
+    ax_l.set_ylabel("lambda = c (beta + 1)")
+    for ax in (ax_b, ax_l):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{best['name']}: beta and lambda per epoch of {len(by_trial)} trials (best in red)")
+    return fig
+
+
 def render_markdown(trials: list[dict], best: dict, plots: list[str]) -> str:
     """report.md: the best configuration, the seed statistics and the table of trials."""
     metric = best["selection_metric"]
@@ -271,7 +427,7 @@ def render_markdown(trials: list[dict], best: dict, plots: list[str]) -> str:
         f"# {best['name']}: search report",
         "",
         f"{s['trials']} trials ({s['completed']} completed, {s['stopped']} stopped early, {s['diverged']} "
-        f"diverged, {s['error']} failed), {s['epochs_spent']} epochs in all; selection by {metric} "
+        f"diverged, {s['error']} failed), {s['epochs_spent']} epochs in all; {selection_text(best)} "
         f"({s['bounds']} bounds, margin {s['margin']}, scheduler {s['scheduler']}).",
         "",
         "## Best configuration",
@@ -301,24 +457,48 @@ def render_markdown(trials: list[dict], best: dict, plots: list[str]) -> str:
                 cells.append("" if mean is None else f"{100 * mean:.2f} +- {100 * std:.2f}")
             lines.append(f"| {split} | " + " | ".join(cells) + " |")
     keys = [k for k in cfg if k != "seed"]
+    shown = objective_metrics(best)
+    on_front = {e["trial_id"] for e in best.get("pareto_front") or []}
+    if best.get("pareto_front"):
+        lines += _front_markdown(best, keys, shown)
     lines += ["", "## Trials (best first)", "",
               "| trial | status | " + " | ".join(keys)
-              + f" | epochs | best epoch | {metric} | test GBA | test WGA |",
-              "|---|---|" + "---|" * len(keys) + "---|---|---|---|---|"]
+              + f" | epochs | best epoch | {' | '.join(shown)} | test GBA | test WGA |",
+              "|---|---|" + "---|" * len(keys) + "---|---|" + "---|" * len(shown) + "---|---|"]
     ranked = sorted(trials, key=lambda t: -(t[metric] if t[metric] is not None else -1.0))
     for t in ranked:
         values = " | ".join(f"{t.get(k):.4g}" if isinstance(t.get(k), int | float) else str(t.get(k, ""))
                             for k in keys)
+        status = t["status"] + (", Pareto front" if t["trial_id"] in on_front else "")
         lines.append(
-            f"| {t['trial_id']} | {t['status']} | {values} | {t['epochs_run']} | "
-            f"{t['best_epoch'] if t['best_epoch'] else ''} | {_pct(t[metric])} | {_pct(t['test_gba'])} | "
-            f"{_pct(t['test_wga'])} |"
+            f"| {t['trial_id']} | {status} | {values} | {t['epochs_run']} | "
+            f"{t['best_epoch'] if t['best_epoch'] else ''} | {' | '.join(_pct(t.get(m)) for m in shown)} | "
+            f"{_pct(t['test_gba'])} | {_pct(t['test_wga'])} |"
         )
     reasons = [t for t in trials if t["status"] in ("diverged", "error")]
     if reasons:
         lines += ["", "Diverged or failed:", ""] + [f"- {t['trial_id']}: {t['reason']}" for t in reasons]
     lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def _front_markdown(best: dict, keys: list[str], shown: list[str]) -> list[str]:
+    """report.md's Pareto front section: how the best trial was picked, and the front's trials."""
+    sel = best["selection"]
+    lines = ["", f"## Pareto front ({trials_text(len(best['pareto_front']))})", "",
+             f"No other trial is at least as good on every one of {', '.join(shown)} and better on one. "
+             f"The best trial is the front's largest {sel['maximize']}{floors_text(sel['subject_to'])}: "
+             f"{sel['trial_id']}." + (f" Not met: {sel['note']}." if sel.get("note") else ""), "",
+             "| trial | " + " | ".join(keys) + f" | best epoch | {' | '.join(shown)} | test GBA | test WGA |",
+             "|---|" + "---|" * len(keys) + "---|" + "---|" * len(shown) + "---|---|"]
+    for e in best["pareto_front"]:
+        values = " | ".join(f"{e['config'].get(k):.4g}" if isinstance(e["config"].get(k), int | float)
+                            else str(e["config"].get(k, "")) for k in keys)
+        mark = " (selected)" if e["trial_id"] == best["trial_id"] else ""
+        lines.append(f"| {e['trial_id']}{mark} | {values} | {e['best_epoch']} | "
+                     f"{' | '.join(_pct(e[m]) for m in shown)} | {_pct(e['test_gba'])} | "
+                     f"{_pct(e['test_wga'])} |")
+    return lines
 
 
 def _bounds_text(best: dict) -> str:
@@ -342,10 +522,15 @@ def write_report(run_dir: str | Path) -> Path:
     if key is not None:
         figures[f"metric_vs_{key}.png"] = figure_metric_vs_param(trials, best, key)
     figures["best_groups.png"] = figure_group_heatmap(best)
+    if best.get("pareto_front"):
+        figures[PARETO_PLOT] = figure_pareto(trials, best)
+    if schedule_moves(histories):
+        figures[SCHEDULE_PLOT] = figure_beta_schedule(histories, best)
     figures["learning_curves.png"] = figure_learning_curves(histories, best)
     svgs = {}
+    titles = {**report_html.cell_titles(best), **front_titles(best)}
     for name, fig in figures.items():
-        svgs[name] = report_html.svg_of(fig, name, report_html.cell_titles(best))
+        svgs[name] = report_html.svg_of(fig, name, titles)
         _save(fig, run_dir / "plots" / name)
     path = run_dir / "report.md"
     text = render_markdown(trials, best, list(figures))

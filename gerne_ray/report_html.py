@@ -9,8 +9,10 @@ A search's report, top to bottom (`SEARCH_SECTIONS`): the summary (dataset, trai
 beta's bounds, budget, trial statuses); the best configuration with its validation and test metrics
 and the final seeds' mean +- std; per-group accuracy as class x attribute heatmaps (each cell's
 tooltip: accuracy, group size, training share alpha); the selection metric against the searched value
-with ERM, resampling and beta's bounds; learning curves; the trials table. A comparison's page puts the
-methods side by side: test metrics, the comparison plot, each method's test heatmap.
+with ERM, resampling and beta's bounds; for a multi-metric search the Pareto front (the plane of the
+first two metrics, each front trial's tooltip its configuration and metrics) with the front's table;
+learning curves; the trials table. A comparison's page puts the methods side by side: test metrics,
+the comparison plot, each method's test heatmap.
 """
 
 from __future__ import annotations
@@ -21,13 +23,24 @@ import re
 from pathlib import Path
 
 from gerne_ray import results
-from gerne_ray.report import _pct, cell_id, group_cells, pseudo_groups, swept_key
+from gerne_ray.report import (
+    PARETO_PLOT,
+    SCHEDULE_PLOT,
+    _pct,
+    cell_id,
+    floors_text,
+    group_cells,
+    objective_metrics,
+    pseudo_groups,
+    selection_text,
+    swept_key,
+    trials_text,
+)
 
 REPORT_HTML = "report.html"
 COMPARE_HTML = "compare.html"  # beside compare.md: a comparison may share its folder with a search
-# A search's sections, in order. "pareto" is the place of a multi-metric search's Pareto front (a later
-# issue): render_report draws nothing there yet.
-SEARCH_SECTIONS = ("summary", "best", "groups", "search", "pareto", "curves", "trials")
+# A search's sections, in order. "pareto" holds a multi-metric search's Pareto front (empty with one metric).
+SEARCH_SECTIONS = ("summary", "best", "groups", "search", "pareto", "schedule", "curves", "trials")
 SHOWN = ("gba", "wga", "avg", "worst_class", "minority")
 NAMES = {"gba": "GBA", "wga": "WGA", "avg": "avg", "worst_class": "worst class", "minority": "minority"}
 GLOSSARY = ("GBA: the unweighted mean of per-group accuracies. WGA: the worst group's accuracy. avg: correct "
@@ -145,7 +158,7 @@ def _summary(trials: list[dict], best: dict) -> str:
                                    and v is not None)),
              ("model", ", ".join(f"{k} {v}" for k, v in (cfg.get("model") or {}).items()
                                  if k in ("arch", "hidden", "pretrained") and v is not None)),
-             ("method", f"{best.get('method', '')}, selection by {best['selection_metric']}"),
+             ("method", f"{best.get('method', '')}, {selection_text(best)}"),
              ("budget", f"{search.get('num_samples', s['trials'])} trials of up to "
                         f"{optim.get('epochs', '?')} epochs, at most {search.get('max_concurrent', '?')} at "
                         f"once, scheduler {s['scheduler']}; {s['epochs_spent']} epochs spent; "
@@ -250,20 +263,53 @@ def _best(best: dict) -> str:
     return "\n".join(out)
 
 
+def _pareto(best: dict, svg: str | None) -> str:
+    """A multi-metric search's Pareto front: the plane of its first two metrics and the front's trials."""
+    front = best.get("pareto_front")
+    if not front:
+        return ""
+    metrics = objective_metrics(best)
+    sel = best["selection"]
+    keys = [k for k in best["best_config"] if k != "seed"]
+    rows = [[_e(e["trial_id"]), *[_e(_num(e["config"].get(k))) for k in keys], _e(e["best_epoch"]),
+             *[_pct(e.get(m)) for m in metrics], _pct(e.get("test_gba")), _pct(e.get("test_wga"))]
+            for e in front]
+    classes = ["best" if e["trial_id"] == best["trial_id"] else "" for e in front]
+    floors = _e(floors_text(sel["subject_to"]))
+    plane = f"{_e(metrics[0])} against {_e(metrics[1])}" + (
+        f" (the front is over all {len(metrics)} metrics: a front trial may look dominated in this plane)"
+        if len(metrics) > 2 else "")
+    out = [f'<h2 id="pareto">Pareto front ({trials_text(len(front))})</h2>',
+           _figure(svg, f"Every trial at its selected epoch (the best by {_e(metrics[0])}): {plane}. The "
+                        "front (no other trial at least as good on every metric and better on one) in orange "
+                        "and joined, the selected trial ringed in red" + (", floors dashed" if floors else "")
+                        + "; hover a front trial for its configuration."),
+           f"<p>The best trial is the front's largest {_e(sel['maximize'])}{floors}: "
+           f"{_e(sel['trial_id'])}.</p>"]
+    if sel.get("note"):
+        out.append(f"<p class=\"note\">Not met: {_e(sel['note'])}.</p>")
+    out.append(_table(["trial", *map(_e, keys), "best epoch", *map(_e, metrics), "test GBA", "test WGA"],
+                      rows, row_class=classes))
+    return "\n".join(out)
+
+
 def _trials(trials: list[dict], best: dict) -> str:
     metric = best["selection_metric"]
+    shown = objective_metrics(best)
+    on_front = {e["trial_id"] for e in best.get("pareto_front") or []}
     keys = [k for k in best["best_config"] if k != "seed"]
     bounds = any(t.get("beta_bounds_exact") is not None for t in trials)
     head = ["trial", "status", *keys] + (["beta's bounds"] if bounds else []) + [
-        "epochs", "best epoch", metric, "test GBA", "test WGA"]
+        "epochs", "best epoch", *shown, "test GBA", "test WGA"]
     ranked = sorted(trials, key=lambda t: -(t[metric] if t.get(metric) is not None else -1.0))
     rows, classes = [], []
     for t in ranked:
         b = t.get("beta_bounds_exact")
-        row = [_e(t["trial_id"]), _e(t["status"]), *[_e(_num(t.get(k))) for k in keys]]
+        status = t["status"] + (", Pareto front" if t["trial_id"] in on_front else "")
+        row = [_e(t["trial_id"]), _e(status), *[_e(_num(t.get(k))) for k in keys]]
         if bounds:
             row.append("" if b is None or len(b) != 2 else f"[{_e(_num(b[0], 3))}, {_e(_num(b[1], 3))}]")
-        row += [_e(t.get("epochs_run", "")), _e(t.get("best_epoch") or ""), _pct(t.get(metric)),
+        row += [_e(t.get("epochs_run", "")), _e(t.get("best_epoch") or ""), *[_pct(t.get(m)) for m in shown],
                 _pct(t.get("test_gba")), _pct(t.get("test_wga"))]
         rows.append(row)
         classes.append("best" if t["trial_id"] == best["trial_id"] else t["status"])
@@ -290,7 +336,13 @@ def render_report(trials: list[dict], best: dict, svgs: dict[str, str]) -> str:
             f"Each trial's {_e(best['selection_metric'])} at its selected epoch against {_e(key)}, marked by "
             "status" + ("; ERM (beta = -1), resampling (lambda = c (beta + 1) = 1) and beta's upper bound "
                         "drawn." if key == "beta" else ".")),
-        # "pareto": a multi-metric search's Pareto front goes here (a later issue)
+        "pareto": _pareto(best, svgs.get(PARETO_PLOT)),
+        # where beta or c moved during training (a beta_schedule, PBT): each trial's per epoch
+        "schedule": "" if SCHEDULE_PLOT not in svgs else "<h2 id=\"schedule\">beta per epoch</h2>" + _figure(
+            svgs[SCHEDULE_PLOT], "Each search trial's beta and lambda = c (beta + 1) per epoch, as its "
+            "history records them (the best trial in red), with beta's upper bound for each c and lambda's "
+            "(the same for every c); a cross marks where a trial continued from another trial's checkpoint "
+            "(PBT), the epochs before it trained by that trial."),
         "curves": "<h2 id=\"curves\">Learning curves</h2>" + _figure(
             svgs.get("learning_curves.png"), "Every search trial's validation metric and training loss per "
                                              "epoch; the best trial in red."),
@@ -298,9 +350,9 @@ def render_report(trials: list[dict], best: dict, svgs: dict[str, str]) -> str:
     }
     cfg = best.get("config") or {}
     dataset = (cfg.get("data") or {}).get("dataset", "")
-    lead = (f"{_e(best.get('method', ''))} on {_e(dataset)}: {best['search']['trials']} trials, selection by "
-            f"{_e(best['selection_metric'])}; best {_e(best['selection_metric'])} "
-            f"{_pct(best.get(best['selection_metric']))}, test GBA {_pct(best.get('test_gba'))}, "
+    values = ", ".join(f"{_e(m)} {_pct(best.get(m))}" for m in objective_metrics(best))
+    lead = (f"{_e(best.get('method', ''))} on {_e(dataset)}: {best['search']['trials']} trials, "
+            f"{_e(selection_text(best))}; best {values}, test GBA {_pct(best.get('test_gba'))}, "
             f"test WGA {_pct(best.get('test_wga'))}.")
     return _page(f"{best['name']}: search report", lead, [parts[s] for s in SEARCH_SECTIONS if s in parts])
 
@@ -321,14 +373,14 @@ def render_compare(spec, rows: list[dict], wall_s: float, bests: dict[str, dict]
         group_svgs[method] = svg_of(fig, f"groups-{method}", cell_titles(best, ("test",)))
         plt.close(fig)
 
-    metric = spec.search.metric
+    metrics = spec.search.metrics
     groups = by_method(rows)
     seeds = sorted({r["seed"] for r in rows})
-    head = ["method"] + [f"test {NAMES[m]}" for m in SHOWN] + [metric]
+    head = ["method"] + [f"test {NAMES[m]}" for m in SHOWN] + metrics
     body = []
     for method, rs in groups.items():
         s = stats(rs)
-        cells = [s[f"test_{m}"] for m in SHOWN] + [s[metric]]
+        cells = [s[f"test_{m}"] for m in SHOWN] + [s[m] for m in metrics]
         body.append([_e(method)] + ["" if v is None else f"{100 * v[0]:.2f} ± {100 * v[1]:.2f}"
                                     for v in cells])
     configs = [[_e(m), _e(rs[0]["selected_trial"]), f"<code>{_e(rs[0]['config'])}</code>"]
@@ -349,7 +401,7 @@ def render_compare(spec, rows: list[dict], wall_s: float, bests: dict[str, dict]
     ]
     lead = (f"Each method searched with {spec.search.num_samples} trials (one where it has nothing to "
             f"search), {spec.optim.epochs} epochs, scheduler {_e(spec.search.scheduler)}, selection by "
-            f"{_e(metric)}; the best configuration trained again with seeds {_e(seeds)}. "
+            f"{_e(' and '.join(metrics))}; the best configuration trained again with seeds {_e(seeds)}. "
             f"Wall time {wall_s:.0f} s.")
     return _page(f"{spec.name}: methods compared on {spec.data.dataset}", lead, sections)
 

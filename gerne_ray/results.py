@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -170,21 +171,32 @@ def objective_key(metric: str) -> str:
     return f"best_{metric}"
 
 
-def select_epoch(history: list[dict], metric: str) -> dict | None:
-    """The completed epoch with the highest validation metric (earliest on ties), or None."""
+def metric_names(metric: str | Sequence[str]) -> list[str]:
+    """search.metric as a list: one metric, or several (multi-objective; the first selects epochs)."""
+    return [metric] if isinstance(metric, str) else list(metric)
+
+
+def select_epoch(history: list[dict], metric: str | Sequence[str]) -> dict | None:
+    """The completed epoch with the highest validation metric (of several, the first; earliest on ties),
+    or None."""
+    metric = metric_names(metric)[0]
     done = [r for r in history if r["status"] == "ok" and math.isfinite(r[metric])]
     return max(done, key=lambda r: (r[metric], -r["epoch"])) if done else None
 
 
-def epoch_metrics(row: dict, history: list[dict], metric: str) -> dict:
-    """The scalars reported for an epoch, plus the best finite value of `metric` so far (0 if none).
+def epoch_metrics(row: dict, history: list[dict], metric: str | Sequence[str]) -> dict:
+    """The scalars reported for an epoch, plus `best_<m>` for each metric m: its value at the best epoch
+    so far (selected by the first metric; 0 where none is finite).
 
     Optuna takes a trial's last report as its value and ASHA compares reports at its rungs: the
     running best makes both see the trial's selected epoch, and a diverged trial a finite worst value.
+    With several metrics each objective is read at that one epoch: the trial's point on the Pareto plane.
     """
     best = select_epoch(history, metric)
     out = {k: v for k, v in row.items() if isinstance(v, int | float | str)}
-    out[objective_key(metric)] = best[metric] if best else 0.0
+    for m in metric_names(metric):
+        value = best.get(m) if best else None
+        out[objective_key(m)] = value if isinstance(value, int | float) and math.isfinite(value) else 0.0
     return out
 
 

@@ -182,12 +182,41 @@ class SearchSpaceSpec(_Strict):
         return pair
 
 
+Metric = Literal[VALIDATION_METRICS]  # type: ignore[valid-type]
+
+
+class SelectSpec(_Strict):
+    """Which trial of a multi-metric search's Pareto front is the best one (reported, and retrained with
+    the final seeds): the largest `maximize` among the front's trials that meet every floor."""
+
+    maximize: Metric | None = Field(  # type: ignore[valid-type]
+        None, description="the metric maximised over the front's trials that meet the floors (null: the "
+        "first of search.metric); ties go to the other metrics in search.metric's order, then to the "
+        "earliest trial"
+    )
+    subject_to: dict[Metric, Annotated[float, Field(ge=0, le=1)]] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="floors {metric: value}, e.g. {val_wga: 0.5}: only trials with "
+        "metric >= value qualify; when none does, the trial closest to the floors (the smallest summed "
+        "shortfall) is taken, and best.json's selection.note says so"
+    )
+
+
 class SearchSpec(_Strict):
     """Model selection and hyperparameter search."""
 
-    metric: Literal[VALIDATION_METRICS] = Field(  # type: ignore[valid-type]
+    metric: Metric | Annotated[list[Metric], Field(min_length=1)] = Field(  # type: ignore[valid-type]
         "val_gba", description="the validation metric that selects the epoch and the trial (maximised); with "
-        "data.attributes unknown the default is val_wga, or val_worst_class without attribute labels"
+        "data.attributes unknown the default is val_wga, or val_worst_class without attribute labels. A list "
+        "[val_gba, val_wga] searches them all (multi-objective, scheduler fifo): the result is the trials' "
+        "Pareto front, search.select picks the best of it, and each trial's epoch is its best by the first"
+    )
+    sampler: Literal["tpe", "nsga2"] = Field(
+        "tpe", description="Optuna's sampler, seeded by seed: tpe (multi-objective TPE with several metrics) "
+        "or nsga2 (NSGA-II, a population of max(4, min(50, num_samples // 4)) trials per generation)"
+    )
+    select: SelectSpec = Field(
+        default_factory=SelectSpec, description="several metrics: which trial of the Pareto front is the "
+        "best, e.g. {maximize: val_gba, subject_to: {val_wga: 0.5}}; default: the largest first metric"
     )
     num_samples: int = Field(16, gt=0, le=MAX_TRIALS, description=f"trials (at most {MAX_TRIALS})")
     bounds: Literal["simplified", "exact"] = Field(
@@ -200,13 +229,43 @@ class SearchSpec(_Strict):
         0.01, ge=0, lt=1, description="share of the lambda interval's width kept away from each bound other "
         "than ERM's"
     )
-    scheduler: Literal["asha", "fifo"] = Field(
-        "asha", description="asha (stops weak trials early, on epochs) or fifo"
+    scheduler: Literal["asha", "fifo", "pbt"] = Field(
+        "asha", description="asha (stops weak trials early, on epochs), fifo, or pbt (Population Based "
+        "Training: a population of num_samples trials; every perturbation_interval epochs the worst copy the "
+        "best ones' checkpoints and perturb lambda = c (beta + 1), c and lr inside their ranges)"
+    )
+    perturbation_interval: int = Field(
+        4, gt=0, le=MAX_EPOCHS, description="pbt: epochs between a trial's exploit/explore steps"
+    )
+    quantile_fraction: float = Field(
+        0.25, gt=0, le=0.5, description="pbt: the share of trials in the bottom quantile (they copy one of "
+        "the same share at the top)"
+    )
+    resample_probability: float = Field(
+        0.25, ge=0, le=1, description="pbt: the chance that a perturbed value is drawn afresh from its range "
+        "instead of multiplied by 0.8 or 1.2 (c from a set: moved to a neighbour)"
+    )
+    synch: bool = Field(
+        False, description="pbt: synchronous PBT: every trial waits at each perturbation point, then the "
+        "bottom quantile copies the top one (every round exploits; costs a pause of every trial per round)"
     )
     grace_period: int = Field(2, gt=0, le=MAX_EPOCHS,
                               description="ASHA: epochs before a trial can be stopped")
     reduction_factor: int = Field(3, ge=2, description="ASHA keeps the top 1/reduction_factor at each rung")
-    max_concurrent: int = Field(2, gt=0, description="trials at once")
+    max_concurrent: int | None = Field(
+        None, gt=0, description="trials at once; null: as many as the Ray cluster's CPUs (and GPUs) hold "
+        "one trial's resources, counted when the search starts (best.json's search.max_concurrent); 1 "
+        "makes a search reproducible"
+    )
+    # null is 5: a single-worker trial of a small model spends about as long on a checkpoint as on an
+    # epoch's steps (benchmarks/results/search_overhead.md), so 5 cuts that to a fifth, while a killed
+    # driver redoes at most 4 epochs; 1 where scaling.max_failures asks for restarts (lost nodes)
+    checkpoint_every: int | None = Field(
+        None, gt=0, le=MAX_EPOCHS, description="a single-worker trial checkpoints every this many epochs, "
+        "its last epoch and each epoch where ASHA may stop it; the best epoch's weights ride along in each "
+        "checkpoint; null: 5, or 1 with scaling.max_failures > 0 (multi-worker and PBT trials checkpoint "
+        "every epoch)"
+    )
     final_seeds: int = Field(
         0, ge=0, le=MAX_FINAL_SEEDS, description="retrain the best configuration with this many new seeds; "
         f"report mean and std (at most {MAX_FINAL_SEEDS})"
@@ -214,6 +273,27 @@ class SearchSpec(_Strict):
     space: SearchSpaceSpec = Field(
         default_factory=SearchSpaceSpec, description="what a search varies besides beta"
     )
+
+    @field_validator("metric")
+    @classmethod
+    def _each_metric_once(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            twice = sorted({m for m in value if value.count(m) > 1})
+            if twice:
+                raise ValueError(f"{', '.join(twice)} named twice; name each metric once")
+            if len(value) == 1:
+                return value[0]  # one metric, as a list: a single-objective search
+        return value
+
+    @property
+    def metrics(self) -> list[str]:
+        """search.metric as a list: one metric, or the objectives of a multi-objective search."""
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def primary(self) -> str:
+        """The first metric: it selects each trial's epoch (and each final seed's)."""
+        return self.metrics[0]
 
 
 class ScalingSpec(_Strict):
@@ -313,11 +393,86 @@ class JobSpec(_Strict):
         if "metric" not in self.search.model_fields_set:  # the protocol's choice
             metric = "val_worst_class" if self.data.attribute_labels == "none" else "val_wga"
             object.__setattr__(self.search, "metric", metric)
-        elif self.data.attribute_labels == "none" and self.search.metric in needs_val_attributes:
+        elif self.data.attribute_labels == "none" and set(self.search.metrics) & set(needs_val_attributes):
+            needing = [m for m in self.search.metrics if m in needs_val_attributes]
             raise ValueError(
-                f"search.metric: {self.search.metric} needs validation attribute labels, but "
-                "data.attribute_labels is none; use val_worst_class (the default then), val_class_balanced "
-                "or val_avg"
+                f"search.metric: {', '.join(needing)} need{'s' if len(needing) == 1 else ''} validation "
+                "attribute labels, but data.attribute_labels is none; use val_worst_class (the default "
+                "then), val_class_balanced or val_avg"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _several_metrics_search_with_fifo(self) -> JobSpec:
+        s = self.search
+        if len(s.metrics) > 1 and s.scheduler != "fifo":
+            if "scheduler" in s.model_fields_set:
+                raise ValueError(
+                    f"search.scheduler: {s.scheduler} stops trials by comparing one metric, but "
+                    f"search.metric names {len(s.metrics)} ({', '.join(s.metrics)}); use search.scheduler: "
+                    "fifo (the default with several metrics), or one search.metric"
+                )
+            object.__setattr__(s, "scheduler", "fifo")  # the default with several metrics
+        return self
+
+    @model_validator(mode="after")
+    def _select_among_the_searched_metrics(self) -> JobSpec:
+        s = self.search
+        named = [s.select.maximize] * (s.select.maximize is not None) + list(s.select.subject_to)
+        outside = list(dict.fromkeys(m for m in named if m not in s.metrics))
+        if outside:
+            raise ValueError(
+                f"search.select: {', '.join(outside)} {'is' if len(outside) == 1 else 'are'} not in "
+                f"search.metric ({', '.join(s.metrics)}); select by the searched metrics, or add "
+                f"{'it' if len(outside) == 1 else 'them'} to search.metric"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _beta_schedule_fits_the_epochs(self) -> JobSpec:
+        schedule = getattr(self.method, "beta_schedule", "constant")
+        if schedule != "constant" and self.method.warmup_epochs > self.optim.epochs - 2:
+            raise ValueError(
+                f"method.warmup_epochs: {self.method.warmup_epochs} leaves no ramp in optim.epochs "
+                f"{self.optim.epochs}; beta_schedule {schedule} runs from beta to beta_end over the epochs "
+                f"after the warmup, at least 2 of them: use warmup_epochs <= {max(self.optim.epochs - 2, 0)}"
+                + (" (or more epochs)" if self.optim.epochs < 2 else "")
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _pbt_can_run(self) -> JobSpec:
+        if self.search.scheduler != "pbt":
+            return self
+        problem = None
+        if "beta" not in type(self.method).model_fields or "c" not in type(self.method).model_fields:
+            problem = (f"perturbs lambda = c (beta + 1) and c, which method {self.method.name} does not "
+                       "have; use a method with beta (gerne, reweight) or scheduler asha")
+        elif getattr(self.method, "beta_schedule", "constant") != "constant":
+            problem = ("makes beta's schedule itself (the perturbations), so method.beta_schedule must be "
+                       "constant; use scheduler asha or fifo to search a schedule's start")
+        elif self.data.attributes == "unknown":
+            problem = ("needs known attributes: with pseudo-groups each trial's t sets its own bounds on "
+                       "beta; use scheduler asha")
+        elif self.scaling.distributed:
+            problem = ("runs each trial in-process (a trial restores another trial's checkpoint, which a Ray "
+                       "Train run cannot); use scaling.num_workers 1 without GPU, or scheduler asha")
+        elif self.search.final_seeds:
+            problem = ("finds a schedule of beta, c and lr per epoch (in each trial's history), not one "
+                       "configuration to retrain; set search.final_seeds 0 and run the search with other "
+                       "seeds instead")
+        if problem:
+            raise ValueError(f"search.scheduler: pbt {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _final_seeds_below_the_seed_limit(self) -> JobSpec:
+        k = self.search.final_seeds
+        if k and self.seed + k > MAX_SEED:
+            raise ValueError(
+                f"seed: {self.seed} plus search.final_seeds {k} passes {MAX_SEED} (the final runs use seeds "
+                f"seed + 1 ... seed + {k}, below 2**32 as numpy's and Optuna's seeds); use a seed of at most "
+                f"{MAX_SEED - k}"
             )
         return self
 

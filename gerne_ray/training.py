@@ -77,7 +77,7 @@ def absent_groups(dataset: GroupedDataset, split: int) -> list[list[int]]:
 
 def summarize(spec: JobSpec, prepared: Prepared, history: list[dict]) -> dict:
     """result.json's content: config, status, selected epoch and its metrics keyed <split>_<metric>."""
-    metric = spec.search.metric
+    metric = spec.search.primary  # of several metrics, the first selects the epoch
     best = select_epoch(history, metric)
     last = history[-1] if history else {"status": "ok", "reason": ""}
     method = methods.get(spec.method.name)

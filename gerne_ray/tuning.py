@@ -7,6 +7,23 @@ how many run at once (`search.max_concurrent`) and ASHA stops the weak ones earl
 Every trial reports, each epoch, the best value so far of `search.metric` (`best_<metric>`): that is
 what ASHA compares and what Optuna learns from, and a diverged trial reports a finite worst value.
 
+`search.metric` may name several metrics ([val_gba, val_wga]): a multi-objective search. Each trial
+is then represented by one epoch, its best by the first metric (as a single-metric search would
+pick it), and reports `best_<m>` for every metric m: m's value at that epoch, the trial's point in
+the metric plane. OptunaSearch gets the list of keys (Optuna's multi-objective TPE or NSGA-II,
+`search.sampler`); Tune needs no metric of its own (no scheduler compares trials: ASHA takes one
+metric, so the spec allows only FIFO with several). The result is the trials' Pareto front
+(gerne_ray.pareto): `search.select` picks the best trial from it, the one the final seeds retrain.
+
+`search.scheduler: pbt` replaces the searcher and ASHA with Population Based Training (`make_pbt`):
+the first population is drawn from the same bounded space (`pbt_population`; Tune refuses a searcher
+beside PBT), and every `search.perturbation_interval` epochs a trial in the bottom quantile restores a
+top trial's checkpoint (`ray.tune.get_checkpoint()` in the trainable returns it) with the config
+perturbed: lambda = c (beta + 1), c, lr and weight decay, clipped into their ranges, beta derived
+(`explore_inside_bounds`), so beta never leaves its bounds for the new c. The restored history is the
+donor's (each row names the trial that trained it, `trained_in_trial`), the loop keeps the spec's lr
+and weight decay over the checkpoint's, and each row records the epoch's beta, c and lr.
+
 A trial with one worker runs the training loop in-process inside its Tune trial; a trial with more
 workers (or a GPU) drives a TorchTrainer whose rank 0 reports back through TuneReportCallback (the
 Ray Train V2 pattern). The Optuna study lives in `optuna.journal` in the run folder (Optuna's
@@ -15,18 +32,26 @@ beside it resumes unfinished trials from their checkpoints (`gerne-ray resume RU
 fails (a node lost under it) is restarted from its latest checkpoint up to `scaling.max_failures`
 times, on whichever node has room; each epoch's history row names the nodes it ran on (`node_ids`).
 
+Speed (benchmarks/results/search_overhead.md): an in-process trial after the first starts in its
+slot's live actor (`reuse_actors`: no new process, no imports); a single-worker trial checkpoints every
+`search.checkpoint_every` epochs, at ASHA's rungs and at its last epoch (`checkpoint_policy`) and only
+reports the others; Tune writes no CSV or TensorBoard file per result (`tune_settings`); and
+`search.max_concurrent` null runs as many trials as the cluster fits (`with_concurrency`).
+
 With `search.final_seeds: k` the best configuration is trained again with k new seeds (the spec's
 seed + 1 ... + k; the searched seed is left out so the estimate is not the selection's lucky draw)
 and best.json reports their mean and standard deviation.
 
 Files in `<storage.path>/<name>/`: spec.json, trials.parquet (one row per trial: config, status,
 selected epoch's metrics, per-group accuracies), trial_histories.parquet (every trial's epochs),
-best.json (result.json's keys for the best trial, plus its config and the seed statistics),
+best.json (result.json's keys for the best trial, plus its config and the seed statistics; with
+several metrics the Pareto front and how the best trial was selected from it),
 report.md, report.html and plots/ (gerne_ray.report), optuna.journal, and Tune's and Train's own state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -40,15 +65,25 @@ import numpy as np
 import optuna
 from ray import tune as ray_tune
 from ray.tune import Callback
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from gerne_ray import groups, methods, pseudo, results, space
+from gerne_ray import groups, methods, pareto, pseudo, results, space
 from gerne_ray.data.base import GroupedDataset
 from gerne_ray.distributed import ensure_ray, read_checkpoint, user_error
 from gerne_ray.errors import GerneError
 from gerne_ray.loop import CHECKPOINT_FILE, Prepared, WorkerContext, save_state, train_loop
-from gerne_ray.results import METRIC_KEYS, OPTIM_KEYS, SEED_KEY, epoch_metrics, history_rows, objective_key
-from gerne_ray.spec import JobSpec, SpecLike, load_spec
+from gerne_ray.results import (
+    METRIC_KEYS,
+    OPTIM_KEYS,
+    SEED_KEY,
+    epoch_metrics,
+    history_rows,
+    metric_names,
+    objective_key,
+)
+from gerne_ray.spec import JobSpec, SelectSpec, SpecLike, load_spec
 from gerne_ray.storage import RunFolder, apply_storage_settings, storage_settings
 from gerne_ray.training import claim_run_dir, prepare, read_spec_json, run_first_stages, summarize
 
@@ -60,6 +95,16 @@ JOURNAL_FILE = "optuna.journal"
 # state after num_to_keep new checkpoints: with 2 kept, a driver killed between the two still finds
 # the checkpoint its last snapshot names (with 1, that one could already be gone).
 KEEP_CHECKPOINTS = 2
+# Tune's settings for a search's fit where the environment does not set them (`tune_settings`): no CSV
+# or TensorBoard file written per result (JsonLoggerCallback keeps result.json, which Tune reads results
+# from). Not TUNE_RESULT_BUFFER_LENGTH: in Ray 2.60 a buffer of results that ends on a checkpoint makes
+# Tune schedule two trainings at once, and the last checkpoint of a trial is then never registered.
+TUNE_SETTINGS = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+# how long a reused trial actor waits for its last trial's thread to end before it takes the next one:
+# with Tune's default, 2 s, a thread slower to end (a loaded machine) would fail the next trial
+REUSE_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+CHECKPOINT_EVERY = 5  # search.checkpoint_every's default (see spec.py)
+TRIAL_CPU = 0.01  # a multi-worker trial's own CPU: it only drives its TorchTrainer (Tune refuses 0)
 OUTPUT_FILES = ("trials.parquet", "trial_histories.parquet", "best.json", "report.md", "report.html", "plots",
                 JOURNAL_FILE)
 
@@ -82,12 +127,15 @@ class TuneResult:
 class TuneTrialContext(WorkerContext):
     """An in-process worker inside a Tune trial: checkpoints and metrics go through ray.tune.report."""
 
-    def __init__(self, metric: str) -> None:
+    def __init__(self, metric: str | list[str], checkpoint_every: int = 1,
+                 checkpoint_epochs: frozenset[int] = frozenset()) -> None:
         import ray
 
         super().__init__()
-        self.metric = metric
+        self.metric = metric  # one metric, or several (a multi-objective search)
+        self.checkpoint_every, self.checkpoint_epochs = checkpoint_every, checkpoint_epochs  # the policy
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.trial_id = ray_tune.get_context().get_trial_id()
         for name in RAY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -96,12 +144,24 @@ class TuneTrialContext(WorkerContext):
         checkpoint = ray_tune.get_checkpoint()
         return None if checkpoint is None else read_checkpoint(checkpoint)
 
+    def _metrics(self, row: dict, history: list[dict]) -> dict:
+        metrics = epoch_metrics(row, history, self.metric)
+        first = metric_names(self.metric)[0]
+        value = row.get(first)  # PBT compares trials by this epoch's value (finite: 0 when diverged)
+        finite = isinstance(value, int | float) and math.isfinite(value)
+        metrics[current_key(first)] = value if finite else 0.0
+        return metrics
+
     def save(self, row: dict, state: dict) -> None:
         """Report the epoch's metrics with a checkpoint to Tune."""
+        metrics = self._metrics(row, state["history"])
         with tempfile.TemporaryDirectory() as folder:
             save_state(Path(folder) / CHECKPOINT_FILE, state)
-            ray_tune.report(epoch_metrics(row, state["history"], self.metric),
-                            checkpoint=ray_tune.Checkpoint.from_directory(folder))
+            ray_tune.report(metrics, checkpoint=ray_tune.Checkpoint.from_directory(folder))
+
+    def report(self, row: dict, history: list[dict]) -> None:
+        """Report the epoch's metrics to Tune, without a checkpoint."""
+        ray_tune.report(self._metrics(row, history))
 
 
 def trial_spec(spec: JobSpec, config: dict, name: str, storage: str | Path) -> JobSpec:
@@ -136,7 +196,38 @@ def run_trial(config: dict, job: dict, prepared: Prepared, storage: dict | None 
 
         fit_distributed(tspec, prepared.for_spec(tspec), callbacks=[TuneReportCallback()])
     else:
-        train_loop(tspec, prepared.for_spec(tspec), TuneTrialContext(spec.search.metric))
+        os.environ.setdefault(REUSE_TIMEOUT_ENV, "600")  # read here, when Tune hands this actor a new trial
+        pbt = spec.search.scheduler == "pbt"  # PBT checkpoints every epoch, each kept: none needs the best
+        train_loop(tspec, prepared.for_spec(tspec),
+                   TuneTrialContext(spec.search.metric, *checkpoint_policy(spec)), keep_best=not pbt)
+
+
+def asha_rungs(spec: JobSpec) -> list[int]:
+    """The epochs before the last where ASHA compares a trial with the others and may stop it (Ray's
+    rungs: grace_period x reduction_factor^k); none with FIFO or PBT."""
+    s = spec.search
+    if s.scheduler != "asha":
+        return []
+    rungs, epoch = [], s.grace_period
+    while epoch < spec.optim.epochs:
+        rungs.append(epoch)
+        epoch *= s.reduction_factor
+    return rungs
+
+
+def checkpoint_policy(spec: JobSpec) -> tuple[int, frozenset[int]]:
+    """A single-worker trial's checkpoints: every search.checkpoint_every epochs and at ASHA's rungs (the
+    loop adds the last epoch), so a trial ASHA stops ends on a checkpoint that holds all its epochs;
+    every epoch under PBT (an exploit copies another trial's latest checkpoint).
+
+    checkpoint_every null: CHECKPOINT_EVERY, or 1 when scaling.max_failures asks for restarts (a
+    restart after a lost node then redoes one epoch at most)."""
+    if spec.search.scheduler == "pbt":
+        return 1, frozenset()
+    every = spec.search.checkpoint_every
+    if every is None:
+        every = 1 if spec.scaling.max_failures else CHECKPOINT_EVERY
+    return every, frozenset(asha_rungs(spec))
 
 
 def trial_dirname(trial) -> str:
@@ -211,24 +302,41 @@ class JournalOptunaSearch(OptunaSearch):
                             orphan.number)
                 storage.set_trial_state_values(orphan._trial_id, optuna.trial.TrialState.FAIL)
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Nothing: OptunaSearch would write each epoch's value to the journal (an fsync per epoch) for
+        Optuna's pruners, which Tune leaves off; each trial's epochs are in trial_histories.parquet."""
+
 
 def make_searcher(spec: JobSpec, stats: groups.GroupStats, run_dir: Path,
                   ranking: pseudo.Ranking | None = None, num_attributes: int = 2) -> JournalOptunaSearch:
-    """OptunaSearch over the bounded space: TPE seeded by the spec, the study in a journal file."""
+    """OptunaSearch over the bounded space: TPE (or NSGA-II) seeded by the spec, the study in a journal file.
+
+    With several metrics the study is multi-objective: one `best_<metric>` key and direction per metric.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ranking is not None:
         t_range(spec.search, ranking)
+    metrics = spec.search.metrics
+    keys = [objective_key(m) for m in metrics]
     searcher = JournalOptunaSearch(
         space=functools.partial(optuna_space, stats=stats, search=spec.search, ranking=ranking,
                                 num_attributes=num_attributes, params=spec.method),
-        metric=objective_key(spec.search.metric),
-        mode="max",
-        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+        metric=keys if len(keys) > 1 else keys[0],
+        mode=["max"] * len(keys) if len(keys) > 1 else "max",
+        sampler=make_sampler(spec),
         study_name=spec.name,
         storage=_journal_storage(run_dir / JOURNAL_FILE),
     )
     searcher.journal = str(run_dir / JOURNAL_FILE)
     return searcher
+
+
+def make_sampler(spec: JobSpec) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler, seeded by the spec: TPE (multi-objective with several metrics) or NSGA-II."""
+    if spec.search.sampler == "nsga2":  # generations of a quarter of the budget: 16 trials make 4 of 4
+        population = max(4, min(50, spec.search.num_samples // 4))
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed)
 
 
 def trial_retries(spec: JobSpec) -> ray_tune.FailureConfig:
@@ -237,10 +345,96 @@ def trial_retries(spec: JobSpec) -> ray_tune.FailureConfig:
     return ray_tune.FailureConfig(max_failures=spec.scaling.max_failures)
 
 
-def make_scheduler(spec: JobSpec):
-    """ASHA on the epoch count (`search.scheduler: asha`) or FIFO."""
+def current_key(metric: str) -> str:
+    """The reported key holding this epoch's value of `metric` (what PBT compares; 0 for a diverged epoch)."""
+    return f"last_{metric}"
+
+
+def pbt_ranges(spec: JobSpec, stats: groups.GroupStats) -> dict[str, tuple[float, float]]:
+    """What PBT perturbs and each value's range: lambda = c (beta + 1) (the search's interval, which
+    keeps beta inside its bounds for every c), c (a range, or several values), lr and weight decay."""
+    s = spec.search
+    ranges = {"lambda": space.lambda_range(stats, s.bounds, s.margin)}
+    cs = s.space.c
+    if isinstance(cs, list) and len(cs) > 1:
+        ranges["c"] = (min(cs), max(cs))
+    elif not isinstance(cs, list) and cs.low < cs.high:
+        ranges["c"] = (cs.low, cs.high)
+    for key in OPTIM_KEYS:
+        if getattr(s.space, key) is not None:
+            ranges[key] = tuple(getattr(s.space, key))
+    return ranges
+
+
+def explore_inside_bounds(config: dict, ranges: dict[str, tuple[float, float]]) -> dict:
+    """PBT's explored config made valid: each perturbed value clipped into its range, then beta derived
+    from lambda and c (a perturbed c moves beta's bounds; lambda's interval is the same for every c)."""
+    out = dict(config)
+    for key, (lo, hi) in ranges.items():
+        out[key] = min(max(float(out[key]), lo), hi)
+    out["beta"] = groups.beta_of(out["lambda"], out["c"])
+    return out
+
+
+def pbt_population(spec: JobSpec, stats: groups.GroupStats) -> list[dict]:
+    """The first configurations of a PBT search: num_samples independent draws (Optuna's RandomSampler,
+    seeded by the spec) from the same bounded space as the TPE search, in trial order."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=spec.seed), direction="maximize")
+    configs = []
+    for _ in range(spec.search.num_samples):
+        trial = study.ask()
+        drawn = optuna_space(trial, stats, spec.search, spec.method)
+        config = {**trial.params, **drawn}
+        config.pop("trial_number")  # a PBT exploit copies a config: the trial's id says its number
+        configs.append(config)
+    return configs
+
+
+class EpochPBT(PopulationBasedTraining):
+    """Ray's PBT, leaving a trial's last epoch alone (a copy of a finished trial would train nothing)."""
+
+    def __init__(self, epochs: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.epochs = epochs
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        """PBT's step, except at the last epoch."""
+        if result.get(self._time_attr, 0) >= self.epochs:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+def make_pbt(spec: JobSpec, stats: groups.GroupStats):
+    """Population Based Training on the epoch count: every search.perturbation_interval epochs a trial in
+    the bottom quantile restores one of the top quantile's checkpoints with its config perturbed
+    (lambda, c, lr and weight decay where searched; `explore_inside_bounds`), compared by this epoch's
+    validation metric. Never at the last epoch: a copy of a finished trial would train nothing."""
+    s = spec.search
+    ranges = pbt_ranges(spec, stats)
+    mutations: dict = {"lambda": ray_tune.uniform(*ranges["lambda"])}
+    cs = s.space.c
+    if "c" in ranges:
+        mutations["c"] = sorted(cs) if isinstance(cs, list) else ray_tune.uniform(cs.low, cs.high)
+    for key in OPTIM_KEYS:
+        if key in ranges:
+            mutations[key] = ray_tune.loguniform(*ranges[key])
+    return EpochPBT(
+        spec.optim.epochs, time_attr="epoch", metric=current_key(s.primary), mode="max",
+        perturbation_interval=s.perturbation_interval, hyperparam_mutations=mutations,
+        quantile_fraction=s.quantile_fraction, resample_probability=s.resample_probability, synch=s.synch,
+        custom_explore_fn=functools.partial(explore_inside_bounds, ranges=ranges),
+    )
+
+
+def make_scheduler(spec: JobSpec, stats: groups.GroupStats | None = None):
+    """ASHA on the epoch count (`search.scheduler: asha`), FIFO, or PBT (`make_pbt`, which needs stats)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    if spec.search.scheduler == "pbt":
+        if stats is None:
+            raise ValueError("make_scheduler: PBT's ranges come from the training groups; pass stats")
+        return make_pbt(spec, stats)
     if spec.search.scheduler == "fifo" or spec.search.grace_period >= spec.optim.epochs:
         return FIFOScheduler()
     return ASHAScheduler(
@@ -250,12 +444,55 @@ def make_scheduler(spec: JobSpec):
     )
 
 
+def trial_resources(spec: JobSpec) -> dict[str, float]:
+    """What one trial holds, in Ray's resource names: its CPUs, or its workers' CPUs (and GPUs) and the
+    trial's own share of a CPU (`_trainable`)."""
+    s = spec.scaling
+    if not s.distributed:
+        return {"CPU": s.cpus_per_worker}
+    need = {"CPU": s.num_workers * s.cpus_per_worker + TRIAL_CPU}
+    if s.use_gpu:
+        need["GPU"] = s.num_workers * (s.gpus_per_worker if s.gpus_per_worker is not None else 1)
+    return need
+
+
+def trials_that_fit(need: dict[str, float], capacity: dict[str, float]) -> int:
+    """How many trials holding `need` each the resources `capacity` run at once (at least 1)."""
+    counts = [math.floor(capacity.get(key, 0) / amount + 1e-9) for key, amount in need.items() if amount > 0]
+    return max(1, min(counts, default=1))
+
+
+def cluster_capacity() -> dict[str, float]:
+    """The Ray cluster's resources; for an autoscaling cluster that publishes its node types (autoscaler
+    v2), the most they add up to."""
+    import ray
+
+    capacity = dict(ray.cluster_resources())
+    try:  # Ray's own Train V2 reads it the same way; None without an autoscaler's config
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # a private API: without it, the resources there are now
+        most = {}
+    for key, amount in most.items():
+        capacity[key] = max(capacity.get(key, 0), amount)
+    return capacity
+
+
+def with_concurrency(spec: JobSpec) -> JobSpec:
+    """The spec with search.max_concurrent resolved: as given, or (null) the trials the cluster fits."""
+    if spec.search.max_concurrent is not None:
+        return spec
+    n = trials_that_fit(trial_resources(spec), cluster_capacity())
+    return spec.model_copy(update={"search": spec.search.model_copy(update={"max_concurrent": n})})
+
+
 def _trainable(spec: JobSpec, prepared: Prepared):
     job = spec.model_dump(mode="json")
     job["storage"]["path"] = spec.folder.ray_storage  # absolute: trials run in other working directories
     s = spec.scaling
     # A multi-worker trial only drives its TorchTrainer: its workers hold the CPUs, it needs almost none.
-    resources = {"cpu": 0.01} if s.distributed else {"cpu": s.cpus_per_worker}
+    resources = {"cpu": TRIAL_CPU} if s.distributed else {"cpu": s.cpus_per_worker}
     trainable = ray_tune.with_parameters(run_trial, job=job, prepared=prepared, storage=storage_settings())
     return ray_tune.with_resources(trainable, resources)
 
@@ -263,7 +500,7 @@ def _trainable(spec: JobSpec, prepared: Prepared):
 class Progress(Callback):
     """Prints one line per finished trial: its configuration, best metric and how it ended."""
 
-    def __init__(self, label: str, total: int, metric: str, epochs: int) -> None:
+    def __init__(self, label: str, total: int, metric: str | list[str], epochs: int) -> None:
         self.label, self.total, self.metric, self.epochs = label, total, metric, epochs
         self.start = time.perf_counter()
 
@@ -271,13 +508,13 @@ class Progress(Callback):
         # this trial is not marked finished yet; restored finished trials count too
         done = 1 + sum(t.status in ("TERMINATED", "ERROR") and t is not trial for t in trials)
         r, cfg = trial.last_result or {}, trial.config
-        best = r.get(objective_key(self.metric))
+        objectives = {m: r.get(objective_key(m)) for m in metric_names(self.metric)}
         epoch = r.get("epoch", 0)
         if outcome == "completed" and r.get("status") == "diverged":
             outcome = "diverged"
         elif outcome == "completed" and epoch < self.epochs:
             outcome = f"stopped at epoch {epoch}"
-        shown = "" if best is None else f"{self.metric} {100 * best:6.2f}"
+        shown = " ".join(f"{m} {100 * v:6.2f}" for m, v in objectives.items() if v is not None)
         values = " ".join(f"{k}={v:.4g}" for k, v in cfg.items()
                           if k not in ("trial_number", "lambda") and isinstance(v, int | float))
         print(f"  {self.label} {done:>3}/{self.total} {trial.trial_id} {values:34s} {shown:18s} "
@@ -305,6 +542,25 @@ class PushFiles(Callback):
     on_trial_error = on_trial_complete
 
 
+def reuse_actors(spec: JobSpec) -> bool:
+    """Whether a trial after the first starts in its slot's live actor (no new process, no imports):
+    for in-process trials. A trial driving a TorchTrainer gets a fresh one: how its thread, stopped by
+    a scheduler inside the trainer's fit, would end is untested, and its trainer's start dwarfs it."""
+    return not spec.scaling.distributed
+
+
+@contextlib.contextmanager
+def tune_settings():
+    """TUNE_SETTINGS in the environment while a fit runs, each where the environment does not set it."""
+    added = {k: v for k, v in TUNE_SETTINGS.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def _fit(tuner_args: dict, location: str, folder: RunFolder, trainable, expected: int):
     """Resume the Tune experiment at location if it has state, else start it; refuse an interrupted one.
 
@@ -312,16 +568,21 @@ def _fit(tuner_args: dict, location: str, folder: RunFolder, trainable, expected
     stand: then fewer than `expected` trials have finished, and nothing may be summarised from them.
     """
     if not ray_tune.Tuner.can_restore(location):
-        grid = ray_tune.Tuner(trainable, **tuner_args).fit()
+        with tune_settings():
+            grid = ray_tune.Tuner(trainable, **tuner_args).fit()
     else:
         log.warning("resuming the experiment in %s", location)
         _restoring["run_dir"] = folder.local
         try:
             tuner = ray_tune.Tuner.restore(location, trainable, resume_unfinished=True, resume_errored=True)
-            grid = tuner.fit()
+            with tune_settings():
+                grid = tuner.fit()
         finally:
             _restoring.clear()
-    finished = grid.num_terminated + grid.num_errors
+    # Interrupted, Tune snapshots the experiment, then stops the trials it was running and marks them
+    # TERMINATED in the grid it returns; the snapshot keeps them unfinished
+    state = ray_tune.ExperimentAnalysis(location)
+    finished = sum(t.status in ("TERMINATED", "ERROR") for t in state.trials)
     if finished < expected:
         raise GerneError(
             f"search: interrupted with {finished} of {expected} trials finished; the experiment's state "
@@ -339,21 +600,35 @@ def search(spec: JobSpec, prepared: Prepared, folder: RunFolder):
     if journal.exists() and not ray_tune.Tuner.can_restore(folder.location):
         # killed before Tune saved any state: nothing of it can be resumed; keep the file, start anew
         journal.rename(folder.local / f"{JOURNAL_FILE}.stale-{int(time.time())}")
+    pbt = s.scheduler == "pbt"
+    if pbt:  # Tune refuses a searcher beside PBT: the first population is drawn here, in bounds, seeded
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        population = pbt_population(spec, prepared.stats)
+        searcher = BasicVariantGenerator(points_to_evaluate=population)
+    else:
+        searcher = make_searcher(spec, prepared.stats, folder.local, prepared.ranking,
+                                 max(prepared.dataset.num_attributes, 2))
     args = {
+        # each preset point needs its keys in the space: the population's own values, as choices
+        **({"param_space": {k: ray_tune.choice(sorted({c[k] for c in population})) for k in population[0]}}
+           if pbt else {}),
         "tune_config": ray_tune.TuneConfig(
-            search_alg=make_searcher(spec, prepared.stats, folder.local, prepared.ranking,
-                                     max(prepared.dataset.num_attributes, 2)),
-            scheduler=make_scheduler(spec),
+            search_alg=searcher,
+            scheduler=make_scheduler(spec, prepared.stats),
             num_samples=s.num_samples,
-            max_concurrent_trials=s.max_concurrent,
+            # PBT: the whole population exists at once (Tune runs what the CPUs fit; PBT pauses in turn)
+            max_concurrent_trials=None if pbt else s.max_concurrent,
+            reuse_actors=reuse_actors(spec),
             trial_dirname_creator=trial_dirname,
         ),
         "run_config": ray_tune.RunConfig(
             name=spec.name,
             storage_path=folder.ray_storage,
-            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+            # PBT: a paused trial may restore a donor's checkpoint epochs later: every checkpoint is kept
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=None if pbt else KEEP_CHECKPOINTS),
             failure_config=trial_retries(spec),
-            callbacks=[Progress("trial", s.num_samples, s.metric, spec.optim.epochs),
+            callbacks=[JsonLoggerCallback(), Progress("trial", s.num_samples, s.metric, spec.optim.epochs),
                        PushFiles(folder, JOURNAL_FILE)],
             verbose=0,
         ),
@@ -373,13 +648,15 @@ def run_final(spec: JobSpec, prepared: Prepared, folder: RunFolder, best: dict):
     args = {
         "param_space": {**fixed, "seed": ray_tune.grid_search(seeds)},
         "tune_config": ray_tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent,
+                                           reuse_actors=reuse_actors(spec),
                                            trial_dirname_creator=trial_dirname),
         "run_config": ray_tune.RunConfig(
             name=FINAL_DIR,
             storage_path=folder.location,
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             failure_config=trial_retries(spec),
-            callbacks=[Progress("seed", len(seeds), spec.search.metric, spec.optim.epochs)],
+            callbacks=[JsonLoggerCallback(),
+                       Progress("seed", len(seeds), spec.search.metric, spec.optim.epochs)],
             verbose=0,
         ),
     }
@@ -428,11 +705,35 @@ def collect(spec: JobSpec, prepared: Prepared, grid, folder: RunFolder, stage: s
         summary.update(config)
         summary.update(status=status, reason=reason, name=spec.name, trial_id=trial_id, stage=stage,
                        seed=tspec.seed, lr=tspec.optim.lr, weight_decay=tspec.optim.weight_decay,
-                       trial_number=result.config.get("trial_number", tspec.seed),
+                       trial_number=result.config.get("trial_number", creation_index(trial_id)
+                                                      if stage == "search" else tspec.seed),
                        searched=[k for k in config if k != SEED_KEY])
+        summary["epochs_trained"] = reported_epochs(result) or len(history)
         summary["history"] = history
         trials.append(summary)
     return sorted(trials, key=lambda t: t["trial_number"])
+
+
+def creation_index(trial_id: str) -> int:
+    """The order in which Tune created a trial (its id's suffix, e.g. 3 for 5421d_00003): PBT trials'
+    number, as their configs are copied from one trial to another."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def trained_epochs(trial: dict) -> int:
+    """Epochs the trial trained: its reports to Tune. Not its history's length under PBT, where an exploit
+    replaces the history with the donor's (its epochs so far dropped, the donor's counted by the donor)."""
+    return trial.get("epochs_trained", len(trial["history"]))
+
+
+def reported_epochs(result) -> int | None:
+    """How many epochs a trial reported to Tune (None when Tune kept no record)."""
+    try:
+        frame = result.metrics_dataframe
+    except Exception:  # noqa: BLE001 - a missing or damaged progress file: no record
+        return None
+    return None if frame is None else len(frame)
 
 
 def config_keys(trials: list[dict]) -> list[str]:
@@ -470,15 +771,33 @@ def history_table(trials: list[dict]) -> list[dict]:
     ])
 
 
-def pick_best(trials: list[dict], metric: str) -> dict:
-    """The trial with the best selected validation metric (earliest trial on ties)."""
-    scored = [t for t in trials if t["status"] != "error" and t[metric] is not None
-              and math.isfinite(t[metric])]
+def selection(trials: list[dict], metric: str | list[str],
+              select: SelectSpec | None = None) -> pareto.Selection:
+    """The best trial as `search.select` picks it from the Pareto front of the metrics (with one metric:
+    the highest, the earliest trial on ties), whether it meets select's floors, and a note when not."""
+    metrics = metric_names(metric)
+    scored = [t for t in trials if t["status"] != "error" and pareto.usable(t, metrics)]
     if not scored:
         reasons = "; ".join(sorted({t["reason"] for t in trials if t["reason"]}))[:500]
-        raise GerneError(f"search: no trial produced a finite {metric} ({reasons or 'no trial ran'}); "
-                         "check the spec's optim settings (a smaller optim.lr?) and the trials' reasons")
-    return max(scored, key=lambda t: t[metric])
+        raise GerneError(f"search: no trial produced a finite {' and '.join(metrics)} "
+                         f"({reasons or 'no trial ran'}); check the spec's optim settings (a smaller "
+                         "optim.lr?) and the trials' reasons")
+    select = select or SelectSpec()
+    return pareto.select(pareto.front_trials(scored, metrics), metrics, select.maximize, select.subject_to)
+
+
+def pick_best(trials: list[dict], metric: str | list[str], select: SelectSpec | None = None) -> dict:
+    """The best trial: the highest selected validation metric (earliest trial on ties), or with several
+    metrics the trial of their Pareto front that `select` (search.select) picks."""
+    return selection(trials, metric, select).trial
+
+
+def front_entry(trial: dict) -> dict:
+    """One trial of best.json's pareto_front: its id, selected epoch, configuration, val and test metrics."""
+    return {"trial_id": trial["trial_id"], "trial_number": trial["trial_number"], "status": trial["status"],
+            "best_epoch": trial["best_epoch"],
+            "config": {k: trial[k] for k in config_keys([trial]) if trial.get(k) is not None},
+            **{k: trial[k] for k in METRIC_KEYS}}
 
 
 def seed_statistics(runs: list[dict]) -> dict:
@@ -496,19 +815,31 @@ def seed_statistics(runs: list[dict]) -> dict:
 
 
 def best_summary(spec: JobSpec, best: dict, trials: list[dict], final: list[dict]) -> dict:
-    """best.json: the best trial keyed as result.json, its configuration, the search and seed statistics."""
+    """best.json: the best trial keyed as result.json, its configuration, the search and seed statistics;
+    with several metrics the Pareto front (`pareto_front`, in trial order) and `selection`: the rule that
+    picked the best trial from it, whether the trial meets its floors and a note when it does not."""
+    s = spec.search
+    chosen = selection(trials, s.metric, s.select)
     out = {k: v for k, v in best.items() if k not in ("history", "stage", "trial_number")}
     out["name"] = spec.name
     out["best_config"] = {k: best[k] for k in config_keys([best]) if best.get(k) is not None}
     out["search"] = {
         "trials": len(trials),
         **{s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped", "diverged", "error")},
-        "epochs_spent": sum(len(t["history"]) for t in trials),
+        "epochs_spent": sum(trained_epochs(t) for t in trials),
         "metric": spec.search.metric,
         "bounds": spec.search.bounds,
         "margin": spec.search.margin,
         "scheduler": spec.search.scheduler,
+        "sampler": s.sampler,
+        "max_concurrent": s.max_concurrent,  # as resolved when the search started (`with_concurrency`)
     }
+    several = len(s.metrics) > 1
+    out["pareto_front"] = [front_entry(t) for t in pareto.front_trials(
+        [t for t in trials if t["status"] != "error"], s.metrics)] if several else None
+    out["selection"] = {"metrics": s.metrics, "maximize": s.select.maximize or s.primary,
+                        "subject_to": dict(s.select.subject_to), "trial_id": chosen.trial["trial_id"],
+                        "met": chosen.met, "note": chosen.note}
     out["final_seeds"] = seed_statistics(final) if final else None
     return out
 
@@ -535,7 +866,7 @@ def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDat
             "`gerne-ray train`"
         )
     if not prepared.unknown:  # a table without bounds: one clear line now
-        method.check_search(prepared.stats, spec.search)
+        method.check_search(prepared.stats, spec.search, spec.method)
     if run_dir is not None:  # resume a folder that may have moved: its name and parent rule
         moved = RunFolder.at(run_dir)
         spec = load_spec(spec, [f"name={moved.name}", f"storage.path={moved.storage}"])
@@ -545,12 +876,24 @@ def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDat
     folder = spec.folder
     folder.check_writable()
     claim_run_dir(spec)
+    spec = with_concurrency(spec)  # after claim_run_dir: spec.json keeps null, a resume counts afresh
     run_dir = folder.local
     prepared = run_first_stages(spec, prepared, folder)  # once per job: every trial cuts its own t
-    print(f"gerne-ray tune {spec.name}: {spec.search.num_samples} trials of {spec.method.name} on "
-          f"{spec.data.dataset}, maximising {spec.search.metric}; results in {folder.location}", flush=True)
+    s = spec.search
+    goal = " and ".join(s.metrics) + (" (their Pareto front)" if len(s.metrics) > 1 else "")
+    print(f"gerne-ray tune {spec.name}: {s.num_samples} trials of {spec.method.name} on "
+          f"{spec.data.dataset}, maximising {goal}; results in {folder.location}", flush=True)
     trials = collect(spec, prepared, search(spec, prepared, folder), folder, "search")
-    best = pick_best(trials, spec.search.metric)
+    chosen = selection(trials, s.metric, s.select)
+    best = chosen.trial
+    if len(s.metrics) > 1:
+        on_front = pareto.front_trials([t for t in trials if t["status"] != "error"], s.metrics)
+        floors = "".join(f", {m} >= {v:.4g}" for m, v in s.select.subject_to.items())
+        print(f"Pareto front of {', '.join(s.metrics)}: {len(on_front)} of {len(trials)} trials; best by "
+              f"search.select (maximize {s.select.maximize or s.primary}{floors}): trial {best['trial_id']}",
+              flush=True)
+    if chosen.note:
+        print(f"search.select: {chosen.note}", flush=True)
     final: list[dict] = []
     if spec.search.final_seeds:
         final = collect(spec, prepared, run_final(spec, prepared, folder, best), folder, "final")

@@ -242,6 +242,8 @@ CASES = [
     # --- sizes beyond their upper limits: refused by validation, before Optuna, numpy or an allocator --
     spec_case("seed-2**70", {"seed": 2**70}, "tune", ["seed", "less than or equal to 4294967295"]),
     spec_case("seed-2**32", {"seed": 2**32}, "train", ["seed", "less than or equal to 4294967295"]),
+    spec_case("final-seeds-pass-the-seed-limit", {"seed": 2**32 - 2, "search": {"final_seeds": 3}}, "tune",
+              ["seed: 4294967294 plus search.final_seeds 3", "use a seed of at most 4294967292"]),
     spec_case("hidden-a-million", {"model": {"hidden": 1_000_000}}, "train",
               ["model.hidden", "less than or equal to 16384"]),
     too_large("data.seed", 2**40),

@@ -41,6 +41,11 @@ COMPARE = {
     "optim": {"lr": 0.05, "epochs": 2, "batch_size_per_class": 8, "steps_per_epoch": 3},
     "search": {"num_samples": 2, "scheduler": "fifo", "max_concurrent": 2, "space": {"c": [1.0]}},
 }
+PARETO = {  # two metrics: the report's Pareto front section
+    **COMPARE, "name": "pareto-html",
+    "search": {"metric": ["val_gba", "val_wga"], "num_samples": 3, "max_concurrent": 2,
+               "select": {"maximize": "val_gba", "subject_to": {"val_wga": 0.2}}, "space": {"c": [0.5, 1.0]}},
+}
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 TIMEOUT_S = 90  # Chromium's start and a page load, generous for a loaded 2-core machine
 
@@ -52,6 +57,13 @@ def runs(ray_cluster, tmp_path_factory):
     search = tune(load_spec({**SEARCH, "storage": {"path": str(storage)}}))
     compared = compare(load_spec({**COMPARE, "storage": {"path": str(storage)}}), "erm,gerne")
     return {"search": search.run_dir, "compare": compared.run_dir}
+
+
+@pytest.fixture(scope="module")
+def pareto_run(ray_cluster, tmp_path_factory):
+    """A real two-metric search (val_gba and val_wga, 2 x 2 groups)."""
+    storage = tmp_path_factory.mktemp("pareto")
+    return tune(load_spec({**PARETO, "storage": {"path": str(storage)}})).run_dir
 
 
 # ---- the pages' content, without a browser ---------------------------------------------------------
@@ -162,6 +174,35 @@ def test_compare_html_puts_the_methods_side_by_side(runs):
     assert len(set(ids)) == len(ids), "an id twice in one page"
     refs = set(re.findall(r'(?:href="#|url\(#)([^")]+)', page))
     assert refs and refs <= set(ids), refs - set(ids)  # every reference (glyph, clip path, hatch) resolves
+
+
+def test_a_two_metric_search_has_a_pareto_section(pareto_run, runs):
+    page = (pareto_run / "report.html").read_text()
+    best = json.loads((pareto_run / "best.json").read_text())
+    front = best["pareto_front"]
+    assert front and best["trial_id"] in {e["trial_id"] for e in front}
+    heads = re.findall(r'<h2 id="(\w+)"', page)
+    assert "pareto" in heads and heads.index("search") < heads.index("pareto") < heads.index("curves")
+    start = page.index('<h2 id="pareto"')
+    section = page[start:page.index("<h2 ", start + 1)]
+    assert f"Pareto front ({len(front)} trial{'s' * (len(front) > 1)})" in section
+    assert "val_wga &gt;= 20%" in section
+    assert section.count("<svg") == 1
+    assert page.count("<svg") == len(list((pareto_run / "plots").glob("*.png")))  # each figure inline
+    # every front trial a marker with its tooltip, the selected one ringed, the front joined
+    tips = dict(re.findall(r'<g id="pareto-png-front-(\w+)"><title>([^<]*)</title>', section))
+    assert sorted(tips) == sorted(e["trial_id"] for e in front)
+    for e in front:
+        assert f"val_gba {100 * e['val_gba']:.2f}, val_wga {100 * e['val_wga']:.2f}" in tips[e["trial_id"]]
+    assert "; selected" in tips[best["trial_id"]]
+    assert 'id="pareto-png-selected"' in section and 'id="pareto-png-front-line"' in section
+    # the front's table: one row per front trial, the selected one marked
+    rows = re.findall(r'<tr class="(\w*)"><td class=text>(\w+)</td>', section)
+    assert [r[1] for r in rows] == [e["trial_id"] for e in front]
+    assert [r[1] for r in rows if r[0] == "best"] == [best["trial_id"]]
+    # one metric: no Pareto section
+    single = (runs["search"] / "report.html").read_text()
+    assert 'id="pareto"' not in single and "Pareto" not in single
 
 
 # ---- the pages in a browser ------------------------------------------------------------------------
@@ -340,3 +381,15 @@ def test_compare_html_renders_offline_in_chromium(runs, browser):
     page = browser.open(path, width=800)  # 2 x 2 groups, a narrow window
     assert_renders_offline(page, path, svgs=3)
     assert page["tooltips"] == 2 * 4
+
+
+def test_the_pareto_section_renders_offline_in_chromium(pareto_run, browser):
+    best = json.loads((pareto_run / "best.json").read_text())
+    path = pareto_run / "report.html"
+    page = browser.open(path)
+    assert_renders_offline(page, path, svgs=len(list((pareto_run / "plots").glob("*.png"))))
+    assert page["tooltips"] == 2 * 2 * 2 + len(best["pareto_front"])  # heatmap cells and front trials
+    n = len(best["pareto_front"])
+    assert f"Pareto front ({n} trial{'s' * (n > 1)})" in page["text"]
+    rule = f"The best trial is the front's largest val_gba, val_wga >= 20%: {best['trial_id']}"
+    assert rule in page["text"]

@@ -165,6 +165,18 @@ def test_another_configuration_in_the_same_run_folder_is_refused_untouched(tmp_p
     assert {p.name: p.read_bytes() for p in (tmp_path / "t").iterdir()} == before
 
 
+def test_a_checkpoint_of_another_method_is_refused_untouched(tmp_path):
+    # spec.json lost (copied by hand, a tool's clean-up): the checkpoint itself names its method
+    spec = _spec(tmp_path, method={"name": "erm"}, optim={"epochs": 1, "batch_size_per_class": 16})
+    train(spec)
+    (tmp_path / "t" / "spec.json").unlink()
+    before = (tmp_path / "t" / "checkpoint.pt").read_bytes()
+    with pytest.raises(GerneError, match="method.name: the checkpoint of run t was written by method erm, "
+                                         "this run's is gerne"):
+        train(load_spec(spec, ["method.name=gerne", "optim.epochs=2"]))
+    assert (tmp_path / "t" / "checkpoint.pt").read_bytes() == before
+
+
 def test_paired_diagnostics_change_nothing_but_the_report(tmp_path):
     spec = _spec(tmp_path, method={"name": "gerne", "c": 0.5, "beta": 1.5},
                  optim={"lr": 0.05, "epochs": 3, "batch_size_per_class": 16, "steps_per_epoch": 5})

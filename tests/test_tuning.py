@@ -4,6 +4,7 @@ The pure parts (trial specs, the objective, seed statistics, the searcher's dete
 without Ray; the rest runs real Tune experiments on the shared local cluster.
 """
 
+import copy
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import pytest
 from gerne_ray import cli, groups
 from gerne_ray.data import load_dataset
 from gerne_ray.errors import GerneError
-from gerne_ray.loop import training_stats
+from gerne_ray.loop import Prepared, WorkerContext, train_loop, training_stats
 from gerne_ray.results import epoch_metrics, select_epoch
 from gerne_ray.spec import load_spec
 from gerne_ray.tuning import (
@@ -252,8 +253,10 @@ def tune_driver(spec, tmp_path: Path) -> subprocess.Popen:
 
 
 def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
-    spec = spec_in(tmp_path, name="killed", optim={"epochs": 6},
-                   search={"num_samples": 5, "max_concurrent": 1, "scheduler": "fifo"})
+    # 30 epochs, a checkpoint every 3rd: a reused actor starts the third trial at once, and the kill
+    # must come between its first checkpoint and its end
+    spec = spec_in(tmp_path, name="killed", optim={"epochs": 30},
+                   search={"num_samples": 5, "max_concurrent": 1, "scheduler": "fifo", "checkpoint_every": 3})
     driver = tune_driver(spec, tmp_path)
     lines = []
     try:
@@ -303,7 +306,7 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
     assert len(done_before) >= 2
     for tid in done_before:
         assert len(before[tid]) > 0 and checkpoints_state(run_dir / tid) == before[tid], tid
-        assert reported_epochs(run_dir / tid) == list(range(1, 7)), tid
+        assert reported_epochs(run_dir / tid) == list(range(1, 31)), tid
     # the trial killed mid-way resumed from its checkpoint rather than from epoch 1 (or, when Tune had
     # not recorded it, was replaced by a new suggestion: the 5 trials are then the others)
     assert in_flight
@@ -324,7 +327,8 @@ def test_report_of_an_unfinished_folder_says_what_is_missing(tmp_path, capsys):
 def test_an_interrupted_search_writes_no_result_and_resumes(ray_cluster, tmp_path):
     """Ctrl+C while the best configuration's seeds train: Tune saves its state and returns the seeds as
     they stand; `tune` must refuse to summarise them (it once wrote best.json from half-trained seeds)."""
-    spec = spec_in(tmp_path, name="interrupted", optim={"epochs": 8},
+    # 40 epochs: the second seed starts at once in the first one's actor and must not end before Ctrl+C
+    spec = spec_in(tmp_path, name="interrupted", optim={"epochs": 40},
                    search={"num_samples": 2, "max_concurrent": 1, "scheduler": "fifo", "final_seeds": 2})
     driver = tune_driver(spec, tmp_path)
     lines = []
@@ -349,8 +353,9 @@ def test_an_interrupted_search_writes_no_result_and_resumes(ray_cluster, tmp_pat
     assert [r["seed"] for r in runs] == [1, 2] and {r["status"] for r in runs} == {"completed"}
     hist = pd.read_parquet(run_dir / "trial_histories.parquet")
     final = hist[hist.stage == "final"]
-    # both seeds trained all 8 epochs, each epoch reported once
-    assert sorted(final.groupby("trial_id").epoch.apply(list).tolist()) == [list(range(1, 9))] * 2
+    # both seeds trained all 40 epochs, each once in the history (the interrupted one resumed from its
+    # last checkpoint, up to checkpoint_every epochs back)
+    assert sorted(final.groupby("trial_id").epoch.apply(list).tolist()) == [list(range(1, 41))] * 2
 
 def test_resume_needs_a_run_folder(tmp_path, capsys):
     assert cli.main(["resume", str(tmp_path / "nothing")]) == 2
@@ -383,3 +388,127 @@ def test_a_trial_whose_checkpoint_is_gone_has_an_empty_history(tmp_path):
         path = str(tmp_path / "abc")
 
     assert trial_history(Gone(), RunFolder(str(tmp_path), "run")) == []
+
+
+# ---- speed: checkpoint policy, actor reuse, concurrency from the cluster ----------------------------
+
+
+@pytest.mark.parametrize(("grace", "factor", "epochs"), [(1, 3, 4), (2, 3, 20), (10, 3, 60), (1, 2, 16),
+                                                         (3, 4, 50), (5, 2, 5)])
+def test_asha_rungs_are_where_ray_s_asha_compares(tmp_path, grace, factor, epochs):
+    from gerne_ray.tuning import asha_rungs
+
+    spec = spec_in(tmp_path, optim={"epochs": epochs},
+                   search={"grace_period": grace, "reduction_factor": factor})
+    scheduler = make_scheduler(spec)
+    ray_rungs = ([] if type(scheduler).__name__ == "FIFOScheduler"
+                 else sorted(m for m, _ in scheduler._brackets[0]._rungs if m < epochs))
+    assert asha_rungs(spec) == ray_rungs
+    assert asha_rungs(spec_in(tmp_path, search={"scheduler": "fifo"})) == []
+
+
+def test_checkpoint_policy_of_a_trial(tmp_path):
+    from gerne_ray.tuning import checkpoint_policy
+
+    asha = spec_in(tmp_path, optim={"epochs": 20}, search={"grace_period": 2, "checkpoint_every": 5})
+    assert checkpoint_policy(asha) == (5, frozenset({2, 6, 18}))
+    fifo = spec_in(tmp_path, search={"scheduler": "fifo", "checkpoint_every": 3})
+    assert checkpoint_policy(fifo) == (3, frozenset())
+    assert spec_in(tmp_path).search.checkpoint_every is None  # null: 5, or 1 where trials may restart
+    assert checkpoint_policy(spec_in(tmp_path, search={"scheduler": "fifo"})) == (5, frozenset())
+    restarts = spec_in(tmp_path, search={"scheduler": "fifo"}, scaling={"max_failures": 2})
+    assert checkpoint_policy(restarts) == (1, frozenset())
+    ctx = WorkerContext()
+    ctx.checkpoint_every, ctx.checkpoint_epochs = checkpoint_policy(asha)
+    due = [e for e in range(1, 21) if ctx.checkpoint_due(e, last=e == 20)]
+    assert due == [2, 5, 6, 10, 15, 18, 20]
+    assert ctx.checkpoint_due(7, last=True)  # a diverged epoch ends the run: always checkpointed
+    assert [e for e in range(1, 5) if WorkerContext().checkpoint_due(e, last=False)] == [1, 2, 3, 4]
+
+
+class Recording(WorkerContext):
+    """An in-process context keeping each checkpoint (a copy, as written) and each report, resuming from
+    `start`."""
+
+    def __init__(self, every: int, start: dict | None = None) -> None:
+        super().__init__()
+        self.checkpoint_every, self.start = every, start
+        self.saved: dict[int, dict] = {}
+        self.reported: list[int] = []
+
+    def load_checkpoint(self) -> dict | None:
+        return self.start
+
+    def save(self, row: dict, state: dict) -> None:
+        self.saved[row["epoch"]] = copy.deepcopy(state)
+
+    def report(self, row: dict, history: list[dict]) -> None:
+        self.reported.append(row["epoch"])
+
+
+def test_a_run_resumed_from_an_older_checkpoint_redoes_the_epochs_after_it_once(tmp_path):
+    """checkpoint_every 3 over 7 epochs: checkpoints at 3, 6 and 7; resumed from epoch 3's, the run trains
+    4 to 7 again, exactly as the first time, and its history holds each epoch once."""
+    spec = spec_in(tmp_path, optim={"epochs": 7}, search={"checkpoint_every": 3})
+    dataset = load_dataset(spec.data)
+    prepared = Prepared(dataset, training_stats(dataset))
+    first = Recording(3)
+    full = train_loop(spec, prepared, first, keep_best=True)
+    assert sorted(first.saved) == [3, 6, 7] and first.reported == [1, 2, 4, 5]
+    assert [r["epoch"] for r in first.saved[7]["history"]] == list(range(1, 8))
+    best = max(full, key=lambda r: r["val_gba"])  # the best epoch's weights ride in the last checkpoint
+    assert first.saved[7]["best_epoch"] == best["epoch"] and first.saved[7]["best_model"]
+
+    again = Recording(3, start=first.saved[3])
+    resumed = train_loop(spec, prepared, again, keep_best=True)
+    assert [r["epoch"] for r in resumed] == list(range(1, 8))
+    assert sorted(again.saved) == [6, 7] and again.reported == [4, 5]
+    timing = ("epoch_time_s", "samples_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed] == [
+        {k: v for k, v in r.items() if k not in timing} for r in full]
+
+
+def test_concurrency_is_what_the_cluster_fits(tmp_path):
+    from gerne_ray.tuning import trial_resources, trials_that_fit
+
+    one = spec_in(tmp_path)
+    assert trial_resources(one) == {"CPU": 1.0}
+    assert trials_that_fit(trial_resources(one), {"CPU": 2.0}) == 2
+    assert trials_that_fit({"CPU": 1.5}, {"CPU": 4.0}) == 2
+    assert trials_that_fit({"CPU": 8.0}, {"CPU": 4.0}) == 1  # at least one (Ray says it does not fit)
+    workers = spec_in(tmp_path, scaling={"num_workers": 2})
+    assert trial_resources(workers)["CPU"] == pytest.approx(2.01)  # 2 workers and the trial's own share
+    assert trials_that_fit(trial_resources(workers), {"CPU": 4.0}) == 1
+    assert trials_that_fit(trial_resources(workers), {"CPU": 4.02}) == 2
+    gpus = spec_in(tmp_path, scaling={"use_gpu": True, "gpus_per_worker": 0.5, "num_workers": 2})
+    assert trial_resources(gpus)["GPU"] == 1.0
+    assert trials_that_fit(trial_resources(gpus), {"CPU": 64.0, "GPU": 3.0}) == 3
+
+
+def test_a_search_fits_the_cluster_reuses_trial_actors_and_checkpoints_by_the_policy(ray_cluster, tmp_path):
+    """max_concurrent null on the 4-CPU session cluster: 4 trials at once, 6 in all (two in reused actors);
+    ASHA (rungs at epochs 1, 2 and 4) with checkpoint_every 3: every trial, stopped or not, checkpoints at
+    those epochs, every third and its last, and its history holds each epoch it reported once."""
+    from gerne_ray.tuning import with_concurrency
+
+    spec = spec_in(tmp_path, name="auto", optim={"epochs": 7},
+                   search={"num_samples": 6, "max_concurrent": None, "grace_period": 1, "reduction_factor": 2,
+                           "checkpoint_every": 3})
+    assert spec.search.max_concurrent is None and with_concurrency(spec).search.max_concurrent == 4
+    assert with_concurrency(load_spec(spec, ["search.max_concurrent=1"])).search.max_concurrent == 1
+    result = tune(spec)
+    best = json.loads((spec.run_dir / "best.json").read_text())
+    assert best["search"]["max_concurrent"] == 4 and best["config"]["search"]["max_concurrent"] == 4
+    assert json.loads((spec.run_dir / "spec.json").read_text())["search"]["max_concurrent"] is None
+    trials = assert_selected_epochs(spec.run_dir, "val_gba")
+    hist = pd.read_parquet(spec.run_dir / "trial_histories.parquet")
+    assert len(result.trials) == 6 and set(trials.status) <= {"completed", "stopped", "diverged"}
+    for trial_id in trials.trial_id:
+        text = (spec.run_dir / trial_id / "result.json").read_text()
+        lines = [json.loads(line) for line in text.splitlines()]
+        epochs = [r["epoch"] for r in lines]
+        assert epochs == list(range(1, len(epochs) + 1))  # each epoch reported once
+        assert list(hist[hist.trial_id == trial_id].epoch) == epochs  # and in the history, to the last
+        checkpointed = [r["epoch"] for r in lines if r.get("checkpoint_dir_name")]
+        assert checkpointed == [e for e in epochs if e in (1, 2, 3, 4, 6) or e == epochs[-1]], trial_id
+    assert set(hist.trained_in_trial) == set(trials.trial_id)

@@ -14,6 +14,8 @@ gerne_ray/methods/__init__.py. The training loop (gerne_ray.loop) knows only thi
   biased model), each with its own optimizer, checkpointed by the loop.
 - `suggest(trial, stats, search, params)`: its define-by-run search space (Optuna), the values it returns
   set on its Params for the trial; `check(params, stats)`: a check against the data (beta's bounds).
+- `epoch_start(epoch, epochs)`: hyperparameters that move during training (GERNE's beta_schedule), set
+  before each epoch; what it returns is recorded in the epoch's history row.
 - What it needs: training groups (`uses_groups`: pseudo-groups stand in when attributes are
   unknown; `needs_train_attributes`: true labels only), validation attribute labels, a first stage.
 
@@ -119,6 +121,11 @@ class Method:
         """The step's losses on this worker's batch; `loss` is back-propagated."""
         raise NotImplementedError
 
+    def epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
+        """Set the hyperparameters of epoch `epoch` of `epochs` (GERNE's beta_schedule); return what the
+        epoch's history row records of them ({} by default)."""
+        return {}
+
     def step_context(self) -> contextlib.AbstractContextManager:
         """Context around forward and backward (GERNE's diagnostics: DDP's no_sync)."""
         return contextlib.nullcontext()
@@ -156,8 +163,9 @@ class Method:
         return {}
 
     @classmethod
-    def check_search(cls, stats: GroupStats, search: Any) -> None:
-        """Refuse, in one line, a search space the training data leaves empty (before any trial)."""
+    def check_search(cls, stats: GroupStats, search: Any, params: MethodParams | None = None) -> None:
+        """Refuse, in one line, a search space the training data leaves empty (before any trial);
+        params: the job's method section (its fixed values)."""
 
     @classmethod
     def describe(cls, params: MethodParams, stats: GroupStats) -> dict[str, Any]:
