@@ -75,8 +75,8 @@ def head_node():
         yield f"http://127.0.0.1:{dash}", env
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # the group ray start leads: only what this fixture started
-        try:
-            head.wait(timeout=60)
+        try:  # `ray start --block` takes up to half a minute to stop its processes one by one
+            head.wait(timeout=8)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
