@@ -248,13 +248,15 @@ def render(record: dict) -> str:
     lines += ["(ok): the mean is at least the paper's mean minus its std (0.90 for GERNE and 0.89 for "
               "resampling at 0.5%, else 1.0); otherwise the shortfall in points.", "",
               "## Selected configurations", "",
-              "| search | by validation | by test | trials (stopped, diverged) |",
+              "| search | by validation | by test | trials (stopped, diverged, error) |",
               "|---|---|---|---|"]
     for key, cell in cells.items():
         if "config" in cell:
             s = cell["search"]
             lines.append(f"| {key} | {_cfg(cell['config'])} | {_cfg(cell.get('test_config', {}))} | "
-                         f"{s['trials']} ({s['stopped']}, {s['diverged']}) |")
+                         f"{s['trials']} ({s['stopped']}, {s['diverged']}, {s.get('error', 0)}) |")
+    if record.get("notes"):  # what a reader needs beside the numbers: shortfalls, incidents (a list of lines)
+        lines += ["", "## Notes", "", *(f"- {note}" for note in record["notes"])]
     return "\n".join(lines) + "\n"
 
 

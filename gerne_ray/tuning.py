@@ -392,11 +392,47 @@ def pbt_population(spec: JobSpec, stats: groups.GroupStats) -> list[dict]:
 
 
 class EpochPBT(PopulationBasedTraining):
-    """Ray's PBT, leaving a trial's last epoch alone (a copy of a finished trial would train nothing)."""
+    """Ray's PBT, leaving a trial's last epoch alone (a copy of a finished trial would train nothing), and
+    resumable in synchronous mode.
+
+    Resumed, Tune builds a new scheduler: Ray's PBT would start every restored trial's clock at 0, and in
+    synchronous mode, once each trial had reported its first epoch after the restore (epoch 5, say), set
+    the next synchronisation point to the latest of those epochs, which no waiting trial is below: no trial
+    would ever be chosen to run again (Ray 2.60). So a restored trial's clock starts at its last reported
+    epoch, and when every live trial waits at or past the synchronisation point, the point moves on.
+    """
 
     def __init__(self, epochs: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.epochs = epochs
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        """PBT's bookkeeping, with a restored trial's clock at its last reported epoch."""
+        super().on_trial_add(tune_controller, trial)
+        try:
+            last = (trial.last_result or {}).get(self._time_attr)
+        except Exception:  # noqa: BLE001 - a trial with no result yet (Ray builds a default one lazily)
+            last = None
+        if isinstance(last, int | float) and last > 0:
+            state = self._trial_state[trial]
+            state.last_train_time = state.last_perturbation_time = last
+
+    def choose_trial_to_run(self, tune_controller):
+        """PBT's choice; in synchronous mode, when every live trial waits at or past the synchronisation
+        point (after a restore), the point moves to the earliest of them plus the interval first."""
+        chosen = super().choose_trial_to_run(tune_controller)
+        if chosen is not None or not self._synch:
+            return chosen
+        from ray.tune.experiment import Trial
+
+        live = list(tune_controller.get_live_trials())
+        waiting = [t for t in live if t.status in (Trial.PENDING, Trial.PAUSED)]
+        if waiting and len(waiting) == len(live):
+            earliest = min(self._trial_state[t].last_train_time for t in waiting)
+            if earliest >= self._next_perturbation_sync:
+                self._next_perturbation_sync = earliest + self._perturbation_interval
+                return super().choose_trial_to_run(tune_controller)
+        return None
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         """PBT's step, except at the last epoch."""

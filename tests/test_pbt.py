@@ -99,6 +99,53 @@ def test_the_scheduler_is_pbt_on_epochs_comparing_this_epochs_metric(tmp_path, s
         make_scheduler(spec_in(tmp_path))
 
 
+class Controller:
+    """What PBT asks Tune's controller for: its trials, and the live ones (not terminated)."""
+
+    search_alg = None
+
+    def __init__(self, trials):
+        self.trials = trials
+
+    def get_trials(self):
+        return self.trials
+
+    def get_live_trials(self):
+        return [t for t in self.trials if t.status != "TERMINATED"]
+
+
+def test_a_resumed_synchronous_pbt_runs_every_trial_on(tmp_path, stats):
+    # Resumed after its driver was killed, every trial is pending and has reported epoch 4 of 6 (interval
+    # 2). Ray's PBT alone would start each clock at 0, pause each trial after its next epoch (5) and then
+    # set the next synchronisation point to 5, which no waiting trial is below: none would run again (a
+    # CI run's resumed search spun for minutes). Here each trial runs to its end, one at a time, as Tune
+    # runs them: choose a trial, feed it epochs until the scheduler says pause, or its last epoch.
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    pbt = make_scheduler(spec_in(tmp_path, "search.perturbation_interval=2"), stats)
+    trials = [Trial("run_trial", config={"lambda": 0.5, "c": 0.5, "lr": 0.1}, stub=True) for _ in range(4)]
+    controller = Controller(trials)
+    for t in trials:
+        t.run_metadata.last_result = {"epoch": 4, "last_val_gba": 0.5}
+        pbt.on_trial_add(controller, t)
+    assert {pbt._trial_state[t].last_train_time for t in trials} == {4}
+    epochs = {t: 4 for t in trials}
+    for _ in range(20):
+        trial = pbt.choose_trial_to_run(controller)
+        if trial is None:
+            break
+        trial.set_status(Trial.RUNNING)
+        decision = TrialScheduler.CONTINUE
+        while decision == TrialScheduler.CONTINUE and epochs[trial] < 6:
+            epochs[trial] += 1
+            trial.run_metadata.last_result = {"epoch": epochs[trial], "last_val_gba": 0.5}
+            decision = pbt.on_trial_result(controller, trial, dict(trial.last_result))
+        trial.set_status(Trial.TERMINATED if epochs[trial] == 6 else Trial.PAUSED)
+    assert all(t.status == Trial.TERMINATED for t in trials), "a trial left waiting: the search would hang"
+    assert set(epochs.values()) == {6}
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["method.beta_schedule=linear", "method.beta_end=0.5"], "method.beta_schedule must be constant"),
     (["search.final_seeds=2"], "set search.final_seeds 0"),
