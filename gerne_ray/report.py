@@ -366,7 +366,7 @@ def schedule_moves(histories: list[dict]) -> bool:
     """Whether some search trial trained with more than one beta or c (a beta_schedule, or PBT)."""
     for rows in _search_rows(histories).values():
         for key in ("beta", "c"):
-            values = {r.get(key) for r in rows if isinstance(r.get(key), int | float)}
+            values = {r[key] for r in rows if _number(r.get(key))}
             if len(values) > 1:
                 return True
     return False

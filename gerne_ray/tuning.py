@@ -409,10 +409,8 @@ class EpochPBT(PopulationBasedTraining):
     def on_trial_add(self, tune_controller, trial) -> None:
         """PBT's bookkeeping, with a restored trial's clock at its last reported epoch."""
         super().on_trial_add(tune_controller, trial)
-        try:
-            last = (trial.last_result or {}).get(self._time_attr)
-        except Exception:  # noqa: BLE001 - a trial with no result yet (Ray builds a default one lazily)
-            last = None
+        # the recorded result, not `trial.last_result`, which for a new trial fetches a default one
+        last = trial.run_metadata.last_result.get(self._time_attr)
         if isinstance(last, int | float) and last > 0:
             state = self._trial_state[trial]
             state.last_train_time = state.last_perturbation_time = last
@@ -850,12 +848,23 @@ def seed_statistics(runs: list[dict]) -> dict:
     return out
 
 
-def best_summary(spec: JobSpec, best: dict, trials: list[dict], final: list[dict]) -> dict:
-    """best.json: the best trial keyed as result.json, its configuration, the search and seed statistics;
-    with several metrics the Pareto front (`pareto_front`, in trial order) and `selection`: the rule that
-    picked the best trial from it, whether the trial meets its floors and a note when it does not."""
+def pareto_front(spec: JobSpec, trials: list[dict]) -> list[dict] | None:
+    """The trials on the Pareto front of search.metric, in trial order (failed ones left out); None with
+    one metric."""
+    metrics = spec.search.metrics
+    if len(metrics) == 1:
+        return None
+    return pareto.front_trials([t for t in trials if t["status"] != "error"], metrics)
+
+
+def best_summary(spec: JobSpec, chosen: pareto.Selection, trials: list[dict], final: list[dict],
+                 front: list[dict] | None) -> dict:
+    """best.json: the best trial (`chosen`, as `selection` picked it) keyed as result.json, its
+    configuration, the search and seed statistics; with several metrics the Pareto front (`front`, from
+    `pareto_front`) and `selection`: the rule that picked the best trial from it, whether the trial meets
+    its floors and a note when it does not."""
     s = spec.search
-    chosen = selection(trials, s.metric, s.select)
+    best = chosen.trial
     out = {k: v for k, v in best.items() if k not in ("history", "stage", "trial_number")}
     out["name"] = spec.name
     out["best_config"] = {k: best[k] for k in config_keys([best]) if best.get(k) is not None}
@@ -870,9 +879,7 @@ def best_summary(spec: JobSpec, best: dict, trials: list[dict], final: list[dict
         "sampler": s.sampler,
         "max_concurrent": s.max_concurrent,  # as resolved when the search started (`with_concurrency`)
     }
-    several = len(s.metrics) > 1
-    out["pareto_front"] = [front_entry(t) for t in pareto.front_trials(
-        [t for t in trials if t["status"] != "error"], s.metrics)] if several else None
+    out["pareto_front"] = None if front is None else [front_entry(t) for t in front]
     out["selection"] = {"metrics": s.metrics, "maximize": s.select.maximize or s.primary,
                         "subject_to": dict(s.select.subject_to), "trial_id": chosen.trial["trial_id"],
                         "met": chosen.met, "note": chosen.note}
@@ -922,10 +929,10 @@ def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDat
     trials = collect(spec, prepared, search(spec, prepared, folder), folder, "search")
     chosen = selection(trials, s.metric, s.select)
     best = chosen.trial
-    if len(s.metrics) > 1:
-        on_front = pareto.front_trials([t for t in trials if t["status"] != "error"], s.metrics)
+    front = pareto_front(spec, trials)
+    if front is not None:
         floors = "".join(f", {m} >= {v:.4g}" for m, v in s.select.subject_to.items())
-        print(f"Pareto front of {', '.join(s.metrics)}: {len(on_front)} of {len(trials)} trials; best by "
+        print(f"Pareto front of {', '.join(s.metrics)}: {len(front)} of {len(trials)} trials; best by "
               f"search.select (maximize {s.select.maximize or s.primary}{floors}): trial {best['trial_id']}",
               flush=True)
     if chosen.note:
@@ -933,7 +940,7 @@ def tune(spec: SpecLike, overrides: list[str] | None = None, dataset: GroupedDat
     final: list[dict] = []
     if spec.search.final_seeds:
         final = collect(spec, prepared, run_final(spec, prepared, folder, best), folder, "final")
-    summary = best_summary(spec, best, trials, final)
+    summary = best_summary(spec, chosen, trials, final, front)
     rows = trial_rows(trials)
     results.write_rows_parquet(run_dir / "trials.parquet", rows)
     results.write_rows_parquet(run_dir / "trial_histories.parquet", history_table(trials + final))
