@@ -41,6 +41,7 @@ NODE_TYPE = "cpu2"
 NODE_CPUS = 2
 MAX_NODES = 3
 START_TIMEOUT_S = 180
+START_ATTEMPTS = 3
 RUN_TIMEOUT_S = 420
 BASE = {
     "data": {"dataset": "colored_digits", "conflict_ratio": 0.02},
@@ -98,11 +99,7 @@ class FakeCluster:
         import ray._private.services
 
         self.root = Path(tempfile.mkdtemp(prefix="gr-as-", dir="/tmp"))  # short: Unix socket paths
-        ip = ray._private.services.get_node_ip_address()
-        port = free_port()
-        self.address = f"{ip}:{port}"
-        config = self.root / "autoscaling.json"
-        config.write_text(json.dumps(autoscaling_config(self.address)))
+        self.ip = ray._private.services.get_node_ip_address()
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self.env.update(
             RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", AUTOSCALER_HEARTBEAT_TIMEOUT_S="20",
@@ -112,6 +109,25 @@ class FakeCluster:
             RAY_USAGE_STATS_ENABLED="0", RAY_SCHEDULER_EVENTS="0", PYTHONUNBUFFERED="1",
             RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2", RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="180",
         )
+        logs = []
+        for attempt in range(START_ATTEMPTS):
+            self.log = self.root / f"head-{attempt}.log"
+            if self._start_head():
+                self.head_id = self.head_raylet()
+                return
+            logs.append(self.log.read_text()[-3000:])  # read before shutdown() removes the folder
+            if self.head.poll() is None:  # still starting at the deadline: no second try
+                break
+            self._stop_head()  # it exited: a port chosen free was taken meanwhile, say; new ports
+        self.shutdown()
+        raise RuntimeError("the head did not start:\n" + "\n---\n".join(logs))
+
+    def _start_head(self) -> bool:
+        """Start `ray start --head` on free ports; True once its raylet runs, False if it exits or hangs."""
+        port = free_port()
+        self.address = f"{self.ip}:{port}"
+        config = self.root / "autoscaling.json"
+        config.write_text(json.dumps(autoscaling_config(self.address)))
         system_config = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
         command = [
             str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
@@ -122,17 +138,15 @@ class FakeCluster:
                 "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
                 "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")),
         ]
-        self.log = self.root / "head.log"
         with self.log.open("w") as out:
             self.head = subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                          preexec_fn=_stop_with_parent)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not (self.head_raylet() and "Ray runtime started" in self.log.read_text()):
             if self.head.poll() is not None or time.monotonic() > deadline:
-                self.shutdown()
-                raise RuntimeError(f"the head did not start:\n{self.log.read_text()[-3000:]}")
+                return False
             time.sleep(0.2)
-        self.head_id = self.head_raylet()
+        return True
 
     def head_raylet(self) -> str | None:
         """The head's node id (its raylet is a child of `ray start`), once it runs."""
@@ -191,8 +205,8 @@ class FakeCluster:
         psutil.wait_procs(procs, timeout=30)
         return procs
 
-    def shutdown(self) -> None:
-        """End every process of the cluster at once: the head's tree, with the nodes the autoscaler added."""
+    def _stop_head(self) -> None:
+        """End the head's process tree (with the nodes the autoscaler added) at once."""
         try:
             head = psutil.Process(self.head.pid)
             procs = [head, *head.children(recursive=True)]  # worker nodes do not share the head's fate
@@ -205,6 +219,10 @@ class FakeCluster:
                 pass
         psutil.wait_procs(procs, timeout=15)
         self.head.wait(timeout=15)
+
+    def shutdown(self) -> None:
+        """End every process of the cluster and remove its folder."""
+        self._stop_head()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -365,7 +383,10 @@ def test_a_trial_whose_node_is_lost_resumes_on_another_node(cluster, tmp_path):
     while kept < len(ran_on) and ran_on[kept] == lost_node:
         kept += 1
     assert max(logged) - 1 <= kept < epochs and lost_node not in ran_on[kept:], (logged, ran_on)
-    # Tune logged the kept epochs once (no restart from epoch 1), and every later one
+    # Tune logged no kept epoch twice (no restart from epoch 1), and every later one. (Not necessarily
+    # each kept one: the node may die after Tune registered an epoch's checkpoint and before its
+    # JSON logger wrote the epoch's result; trial_histories.parquet, read above, has every epoch.)
     reported = reported_epochs(run_dir / victim)
-    assert [e for e in reported if e <= kept] == list(range(1, kept + 1))
-    assert set(reported) == set(range(1, epochs + 1)), reported
+    before = [e for e in reported if e <= kept]
+    assert before == sorted(set(before)) and before[:1] == [1], reported
+    assert set(range(kept + 1, epochs + 1)) <= set(reported) <= set(range(1, epochs + 1)), reported
