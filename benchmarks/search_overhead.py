@@ -1,18 +1,23 @@
 """Search overhead: `gerne_ray.tune` against a plain Optuna loop calling `gerne_ray.train`, same trials.
 
-The demo's spec (jobs/demo.yaml: colored_digits, 2% conflicting, MLP) with `--epochs` epochs, FIFO (every
-trial trains every epoch), no final seeds and `--trials` trials, in three arms run one after the other:
+The demo's spec (jobs/demo.yaml: colored_digits, 2% conflicting, MLP; or `--spec` with `--set` overrides)
+with `--epochs` epochs, FIFO (every trial trains every epoch), no final seeds and `--trials` trials, in
+four arms run one after the other:
 - plain: an in-process Optuna study (TPESampler seeded with the spec's seed) over the search's own
   define-by-run space (`gerne_ray.tuning.optuna_space`: the same bounds, the same suggestions), each trial
   one `gerne_ray.train` call, no Ray. Timed from the group statistics the space needs to the last trial.
 - tune, 1 at a time: `gerne_ray.tune` with `search.max_concurrent: 1`, on a Ray the arm starts itself
-  (`ensure_ray`, timed apart as "Ray start") and shuts down after it.
+  (`ensure_ray`, timed apart as "Ray start") and shuts down after it; its trial reserves the spec's
+  `scaling.cpus_per_worker` (1 CPU: torch runs one thread in it).
+- tune, 1 at a time on every CPU: the same with `scaling.cpus_per_worker` set to the machine's CPUs, as a
+  one-at-a-time search should be run (Ray gives the trial's torch that many threads, as the plain loop
+  has).
 - tune, default concurrency: the same with `search.max_concurrent` left null (as many trials as the
   cluster's CPUs fit; the number is best.json's search.max_concurrent).
 TPE's first 10 trials are random draws, so with 10 trials or fewer every arm trains the same
-configurations (the record checks it). Ray's workers run torch with one thread each (OMP_NUM_THREADS from
-their 1-CPU reservation); the plain loop runs twice, with torch's default threads and with one, and
-the search arms are compared with the faster of the two.
+configurations (the record checks it). Ray's workers run torch with as many threads as their trial
+reserves CPUs (OMP_NUM_THREADS); the plain loop runs twice, with torch's default threads and with one,
+and the search arms are compared with the faster of the two.
 
 Each search arm's timeline comes from a Tune callback (`Timeline`, loaded as Tune loads a user's from
 RAY_TUNE_CALLBACKS): when each trial started, reported each epoch and ended. From it the profile table:
@@ -24,7 +29,10 @@ Targets (issue 14): one trial at a time within 1.5x the plain loop's wall time; 
 faster than the plain loop.
 
 Run: python benchmarks/search_overhead.py [--trials 10] [--epochs 20] [--out DIR]
-Writes DIR/search_overhead.{json,md} (benchmarks/results by default).
+     [--spec SPEC --set key=value ... --name NAME]
+Writes DIR/NAME.{json,md} (benchmarks/results/search_overhead by default). On real Colored MNIST:
+  python benchmarks/search_overhead.py --spec jobs/paper/colored_mnist_0.5pct.yaml \
+      --set data.root=../shared/data/mnist --name search_overhead_colored_mnist
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from gerne_ray.tuning import optuna_space, trial_spec, tune  # noqa: E402
 EVENTS_ENV = "SEARCH_OVERHEAD_EVENTS"  # where Timeline appends its lines
 TARGET_ONE_AT_A_TIME = 1.5  # tune (one trial at a time) / plain, at most
 MODULE = Path(__file__).stem  # Tune imports Timeline by this name (the script's folder is on sys.path)
+SEARCH_ARMS = ("tune_1", "tune_1_all_cpus", "tune_auto")
 
 
 class Timeline(Callback):
@@ -108,10 +117,10 @@ def cpu_seconds(children: bool) -> float:
     return total
 
 
-def base_spec(trials: int, epochs: int, storage: str):
-    """The demo spec: FIFO, no final seeds, `trials` trials of `epochs` epochs."""
-    return load_spec(DEMO_SPEC, [f"optim.epochs={epochs}", f"search.num_samples={trials}",
-                                 "search.scheduler=fifo", "search.final_seeds=0", f"storage.path={storage}"])
+def base_spec(spec: str | Path | dict, overrides: list[str], trials: int, epochs: int, storage: str):
+    """The spec (with its overrides): FIFO, no final seeds, `trials` trials of `epochs` epochs."""
+    return load_spec(spec, [*overrides, f"optim.epochs={epochs}", f"search.num_samples={trials}",
+                            "search.scheduler=fifo", "search.final_seeds=0", f"storage.path={storage}"])
 
 
 def run_histories(folder: Path) -> list[float]:
@@ -153,13 +162,17 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def search_arm(base, label: str, max_concurrent: int | None, folder: Path) -> dict:
-    """`gerne_ray.tune` on a Ray this arm starts (and shuts down), with the Timeline callback."""
+def search_arm(base, label: str, max_concurrent: int | None, folder: Path, cpus: int | None = None) -> dict:
+    """`gerne_ray.tune` on a Ray this arm starts (and shuts down), with the Timeline callback.
+
+    cpus: what each trial reserves (scaling.cpus_per_worker), when not the spec's.
+    """
     events = folder / f"{label}.events.jsonl"
     os.environ[EVENTS_ENV] = str(events)
     os.environ["RAY_TUNE_CALLBACKS"] = f"{MODULE}.Timeline"
     value = "null" if max_concurrent is None else str(max_concurrent)
-    spec = load_spec(base, [f"name={label}", f"search.max_concurrent={value}"])
+    overrides = [f"name={label}", f"search.max_concurrent={value}"]
+    spec = load_spec(base, overrides + ([f"scaling.cpus_per_worker={cpus}"] if cpus else []))
     load = os.getloadavg()
     cpu0, start = cpu_seconds(children=True), time.perf_counter()
     ensure_ray(spec)
@@ -174,6 +187,7 @@ def search_arm(base, label: str, max_concurrent: int | None, folder: Path) -> di
     return {
         "wall_s": wall, "ray_start_s": ray_s, "tune_s": wall - ray_s, "cpu_s": cpu,
         "max_concurrent": result.best["search"].get("max_concurrent", max_concurrent),
+        "cpus_per_trial": spec.scaling.cpus_per_worker,
         "load_before": load, "load_after": os.getloadavg(),
         "trials": [{"trial_number": int(t["trial_number"]), "trial_id": t["trial_id"], "c": float(t["c"]),
                     "lambda": float(t["lambda"]), "val_gba": float(t["val_gba"]),
@@ -234,15 +248,21 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--spec", help="the job spec (default: the demo's, jobs/demo.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a spec override, as `gerne-ray tune --set` (repeatable)")
+    parser.add_argument("--name", default=MODULE, help="the record's file name, without .json/.md")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     record: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "versions": versions(), "trials": args.trials, "epochs": args.epochs, "arms": {},
+        "spec": os.path.relpath(args.spec) if args.spec else "jobs/demo.yaml", "overrides": args.set,
     }
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as storage:
-        base = base_spec(args.trials, args.epochs, storage)
+        base = base_spec(args.spec or DEMO_SPEC, args.set, args.trials, args.epochs, storage)
+        record["dataset"] = base.data.dataset
         # this process's first run (imports, the dataset's first build, torch's first optimizer): no arm
         # pays it; a fresh process pays it once, and so does each trial actor
         start = time.perf_counter()
@@ -252,13 +272,14 @@ def main() -> None:
             record["arms"][label] = plain_loop(load_spec(base, [f"storage.path={storage}/{label}"]), n)
             print(f"{label}: {record['arms'][label]['wall_s']:.1f} s", flush=True)
         torch.set_num_threads(threads)
-        for label, n in (("tune_1", 1), ("tune_auto", None)):
-            record["arms"][label] = search_arm(base, label, n, Path(storage))
+        for label, n, cpus in (("tune_1", 1, None), ("tune_1_all_cpus", 1, os.cpu_count()),
+                               ("tune_auto", None, None)):
+            record["arms"][label] = search_arm(base, label, n, Path(storage), cpus)
             print(f"{label}: {record['arms'][label]['wall_s']:.1f} s", flush=True)
     plains = [a for k, a in record["arms"].items() if k.startswith("plain")]
     best = min(plains, key=lambda a: a["wall_s"])  # the plain loop at its best: the stricter comparison
     record["best_plain_wall_s"] = best["wall_s"]
-    for label in ("tune_1", "tune_auto"):
+    for label in SEARCH_ARMS:
         arm = record["arms"][label]
         arm["ratio_to_plain"] = arm["wall_s"] / best["wall_s"]
         arm["ratio_to_plain_without_ray_start"] = arm["tune_s"] / best["wall_s"]
@@ -272,37 +293,67 @@ def main() -> None:
         arm["each_epoch_once"] = all(t["epochs"] == list(range(1, args.epochs + 1)) for t in arm["trials"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "search_overhead.json").write_text(json.dumps(record, indent=1) + "\n")
-    (out / "search_overhead.md").write_text(render(record))
+    (out / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / f"{args.name}.md").write_text(render(record))
     print(render(record))
+
+
+def same_threads(arms: dict) -> list[str]:
+    """The 1-CPU trial one at a time against the plain loop with torch's one thread: the same resources."""
+    if "plain_1_thread" not in arms or "tune_1" not in arms:
+        return []
+    one, plain = arms["tune_1"]["wall_s"], arms["plain_1_thread"]["wall_s"]
+    return ["", f"With the same resources (one torch thread): tune one at a time with a 1-CPU trial "
+            f"{one:.1f} s, the plain loop {plain:.1f} s: {one / plain:.2f}x."]
+
+
+def cpu_caveat(searches: dict) -> list[str]:
+    """A line when a search arm's CPU seconds missed its trial actors (less than their training steps)."""
+    short = [ARM_NAMES[k] for k, arm in searches.items()
+             if arm["cpu_s"] < arm["profile"]["training_steps_sum_s"]]
+    if not short:
+        return []
+    return ["", f"CPU s of {', '.join(short)}: below the arm's own training steps, so they miss the trial "
+            "actors' CPU (processes Ray started and reaped outside this process's tree); compare wall times."]
+
+
+ARM_NAMES = {"tune_1": "tune, 1 at a time", "tune_1_all_cpus": "tune, 1 at a time on every CPU",
+             "tune_auto": "tune, default"}
 
 
 def render(record: dict) -> str:
     """The results, the profile table and the notes."""
     a = record["arms"]
-    one, auto = a["tune_1"], a["tune_auto"]
     plains = {k: arm for k, arm in a.items() if k.startswith("plain")}
-    p1, pa = one["profile"], auto["profile"]
+    searches = {k: a[k] for k in SEARCH_ARMS if k in a}  # an older record may lack an arm
+    profiles = [arm["profile"] for arm in searches.values()]
     v = record["versions"]
     f = lambda x: "" if x is None else f"{x:.2f}"  # noqa: E731
     ms = lambda x: "" if x is None else f"{1000 * x:.1f} ms"  # noqa: E731
     load = lambda arm: " / ".join(f"{x:.2f}" for x in arm["load_before"])  # noqa: E731
     yes = lambda b: "yes" if b else "**no**"  # noqa: E731
+    met = lambda ok: "met" if ok else "**not met**"  # noqa: E731
     best = record["best_plain_wall_s"]
-    verdict_1 = "met" if one["ratio_to_plain"] <= TARGET_ONE_AT_A_TIME else "**not met**"
-    verdict_auto = "met" if auto["ratio_to_plain"] < 1 else "**not met**"
-    n_auto = auto["max_concurrent"]
+    spec = record.get("spec", "jobs/demo.yaml")
+    overrides = " ".join(f"--set {o}" for o in record.get("overrides", []))
+    dataset = record.get("dataset", "colored_digits")
+
+    def name(key: str, arm: dict) -> str:
+        n, cpus = arm["max_concurrent"], arm.get("cpus_per_trial", 1)
+        at_a_time = "1 at a time" if key != "tune_auto" else f"default ({n} at a time)"
+        return f"gerne_ray.tune, {at_a_time}, {cpus:g} CPU{'s' if cpus != 1 else ''} per trial"
+
     lines = [
-        "# Search overhead: gerne_ray.tune against a plain Optuna loop (colored_digits demo spec)",
+        f"# Search overhead: gerne_ray.tune against a plain Optuna loop ({dataset}, {spec})",
         "",
-        f"{record['trials']} trials x {record['epochs']} epochs of the demo spec (jobs/demo.yaml), FIFO, no "
+        f"{record['trials']} trials x {record['epochs']} epochs of {spec} {overrides}, FIFO, no "
         "final seeds; the same configurations in every arm (TPE's random start-up draws, seeded). "
         "`python benchmarks/search_overhead.py` (the module docstring says what each arm does).",
         f"Machine: {record['machine']}; python {v['python']}, torch {v['torch']}, ray {v['ray']}, "
         f"optuna {v['optuna']}; {record['date']}. Ratios are to the faster plain loop ({best:.1f} s); "
-        "trials in Ray run torch with 1 thread. The plain loops run in a process warmed by a one-epoch "
-        f"run ({record['warm_up_s']:.1f} s: imports, the dataset's first build, torch's first optimizer), "
-        "which a fresh process pays once, and every new trial actor too.",
+        "torch in a trial runs as many threads as the trial reserves CPUs. The plain loops run in a "
+        f"process warmed by a one-epoch run ({record['warm_up_s']:.1f} s: imports, the dataset's first "
+        "build, torch's first optimizer), which a fresh process pays once, and every new trial actor too.",
         "",
         "| arm | wall s | / plain | / plain, Ray already up | CPU s (all processes) "
         "| load avg before (1/5/15 min) | same configs | each epoch once |",
@@ -312,35 +363,42 @@ def render(record: dict) -> str:
         lines.append(f"| plain Optuna loop + gerne_ray.train, {arm['torch_threads']} torch thread"
                      f"{'s' if arm['torch_threads'] > 1 else ''} | {arm['wall_s']:.1f} | "
                      f"{arm['wall_s'] / best:.2f} | | {arm['cpu_s']:.1f} | {load(arm)} | | |")
-    for name, arm in (("gerne_ray.tune, 1 at a time", one),
-                      (f"gerne_ray.tune, default ({n_auto} at a time)", auto)):
-        lines.append(f"| {name} | {arm['wall_s']:.1f} | {arm['ratio_to_plain']:.2f} | "
+    for key, arm in searches.items():
+        lines.append(f"| {name(key, arm)} | {arm['wall_s']:.1f} | {arm['ratio_to_plain']:.2f} | "
                      f"{arm['ratio_to_plain_without_ray_start']:.2f} | {arm['cpu_s']:.1f} | {load(arm)} | "
                      f"{yes(arm['same_configs'])} | {yes(arm['each_epoch_once'])} |")
+    ones = [(key, arm) for key, arm in searches.items() if key != "tune_auto"]
+    auto = searches["tune_auto"]
     lines += [
         "",
-        f"Targets: one at a time <= {TARGET_ONE_AT_A_TIME}x the plain loop: {verdict_1} "
-        f"({one['ratio_to_plain']:.2f}x; {one['ratio_to_plain_without_ray_start']:.2f}x on a running Ray). "
-        f"Default concurrency faster than the plain loop: {verdict_auto} ({auto['ratio_to_plain']:.2f}x). "
-        f"Validation GBA of the same configuration, plain ({a['plain']['torch_threads']} threads) vs tune: "
-        f"at most {100 * max(one['val_gba_max_abs_diff'], auto['val_gba_max_abs_diff']):.2f} points apart "
+        f"Targets: one at a time <= {TARGET_ONE_AT_A_TIME}x the plain loop: "
+        + "; ".join(f"{arm.get('cpus_per_trial', 1):g} CPU(s) per trial "
+                    f"{met(arm['ratio_to_plain'] <= TARGET_ONE_AT_A_TIME)} ({arm['ratio_to_plain']:.2f}x; "
+                    f"{arm['ratio_to_plain_without_ray_start']:.2f}x on a running Ray)" for _, arm in ones)
+        + f". Default concurrency faster than the plain loop: {met(auto['ratio_to_plain'] < 1)} "
+        f"({auto['ratio_to_plain']:.2f}x). Validation GBA of the same configuration, plain "
+        f"({a['plain']['torch_threads']} threads) vs tune: at most "
+        f"{100 * max(arm['val_gba_max_abs_diff'] for arm in searches.values()):.2f} points apart "
         "(float sums depend on the threads).",
+        *same_threads(a),
+        *cpu_caveat(searches),
         "",
         "## Where the time went (seconds)",
         "",
         "| phase | " + " | ".join(f"plain, {arm['torch_threads']} thr." for arm in plains.values())
-        + " | tune, 1 at a time | tune, default |",
-        "|---|" + "---|" * len(plains) + "---|---|",
+        + " | " + " | ".join(f"{ARM_NAMES[k]}, {arm.get('cpus_per_trial', 1):g} CPU"
+                             for k, arm in searches.items()) + " |",
+        "|---|" + "---|" * (len(plains) + len(searches)),
     ]
     blank = "| " * len(plains)
 
     def row(label: str, key: str, plain_values=None, fmt=f) -> str:
         cells = [fmt(x) for x in plain_values] if plain_values else [""] * len(plains)
-        return f"| {label} | " + " | ".join(cells) + f" | {fmt(p1[key])} | {fmt(pa[key])} |"
+        return f"| {label} | " + " | ".join(cells + [fmt(p[key]) for p in profiles]) + " |"
 
     lines += [
-        f"| Ray start (`ensure_ray`: a local cluster) {blank}| {f(one['ray_start_s'])} "
-        f"| {f(auto['ray_start_s'])} |",
+        f"| Ray start (`ensure_ray`: a local cluster) {blank}| "
+        + " | ".join(f(arm["ray_start_s"]) for arm in searches.values()) + " |",
         row("before the experiment: dataset and group statistics, run folder, searcher, Tune's set-up",
             "to_setup_s", [arm["stats_s"] for arm in plains.values()]),
         row("first trial's actor: worker process, imports (torch, gerne_ray), trainable",
@@ -358,11 +416,10 @@ def render(record: dict) -> str:
         row("the same for an epoch with a checkpoint (median)", "checkpoint_epoch_overhead_median_s", fmt=ms),
         "| checkpoints written / epochs reported | "
         + " | ".join(f"{sum(len(t['epoch_times']) for t in arm['trials'])} / " for arm in plains.values())
-        + f" | {p1['checkpoints']} / {p1['epochs_reported']} "
-        + f"| {pa['checkpoints']} / {pa['epochs_reported']} |",
+        + " | " + " | ".join(f"{p['checkpoints']} / {p['epochs_reported']}" for p in profiles) + " |",
         "",
     ]
-    return "\n".join(lines) + NOTES
+    return "\n".join(lines) + (NOTES if dataset == "colored_digits" else "")
 
 
 NOTES = """
