@@ -162,7 +162,7 @@ def method_table() -> list[dict]:
             (cls.needs_train_attributes, "training attribute labels"),
             (cls.needs_val_attributes, "validation attribute labels")) if flag]
         out.append({"name": name, "summary": cls.summary, "needs": needs, "params": params,
-                    "search": dict(cls.search_ranges)})
+                    "search": cls.describe_search()})
     return out
 
 

@@ -178,14 +178,17 @@ def _searched(best: dict, space: dict) -> str:
     """What the search varied, with the spec's range where it gives one."""
     keys = [k for k in best.get("searched", []) if k != "lambda"]
     s = best["search"]
+    own = (space.get("methods") or {}).get(best.get("method"), {})  # search.space.methods.<method>
     parts = []
     for k in keys:
         if k == "beta":
             parts.append(f"beta inside its bounds ({s['bounds']}, margin {s['margin']})")
         elif space.get(k) is not None:
             parts.append(f"{k} in {space[k]}")
+        elif own.get(k) is not None:
+            parts.append(f"{k} in {list(own[k])}")
         else:
-            parts.append(f"{k} over the method's range")
+            parts.append(f"{k} over the method's default range")
     return "; ".join(parts) or "nothing (one configuration)"
 
 

@@ -173,6 +173,12 @@ class SearchSpaceSpec(_Strict):
         T_RANGE, description="unknown attributes: the pseudo-group threshold's range [low, high], drawn "
         "log-uniformly (the low end raised so every class gets a pseudo-minority sample)"
     )
+    methods: dict[str, dict[str, tuple[float, float]]] = Field(
+        default_factory=dict, description="the ranges of methods' own hyperparameters, by method name, e.g. "
+        "{groupdro: {eta: [0.001, 0.1]}, jtt: {lambda_up: [2, 50]}}: [low, high] replaces that method's "
+        "default range (`gerne-ray methods` lists them); a method other than method.name's ranges serve "
+        "`gerne-ray compare`"
+    )
 
     @field_validator("lr", "weight_decay", "t")
     @classmethod
@@ -180,6 +186,16 @@ class SearchSpaceSpec(_Strict):
         if pair is not None and pair[0] > pair[1]:
             raise ValueError(f"write the range as [low, high]; got [{pair[0]}, {pair[1]}]")
         return pair
+
+
+def param_problem(params: type[MethodParams], key: str, value: float) -> str | None:
+    """Why a method's Params refuses `key: value` (its other fields at their defaults), or None."""
+    try:
+        params.model_validate({key: value})
+    except ValidationError as err:
+        mine = [e["msg"] for e in err.errors() if tuple(e["loc"]) == (key,)]
+        return mine[0][0].lower() + mine[0][1:] if mine else None
+    return None
 
 
 Metric = Literal[VALIDATION_METRICS]  # type: ignore[valid-type]
@@ -463,6 +479,38 @@ class JobSpec(_Strict):
                        "seeds instead")
         if problem:
             raise ValueError(f"search.scheduler: pbt {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _method_ranges_of_registered_methods(self) -> JobSpec:
+        """Each range of search.space.methods: a registered method's range-drawn parameter, in its values."""
+        space = self.search.space
+        for name, ranges in space.methods.items():
+            where = f"search.space.methods.{name}"
+            if name not in methods.names():
+                known = ", ".join(methods.names())
+                raise ValueError(f"{where}: no method has this name; use one of: {known}")
+            method = methods.get(name)
+            for key, (low, high) in ranges.items():
+                default = method.search_params.get(key)
+                if default is None:
+                    has = ", ".join(method.search_params)
+                    own = key in type(space).model_fields  # c, lr, ...: search.space's own ranges
+                    raise ValueError(
+                        f"{where}.{key}: method {name} draws no {key} from a range; "
+                        + (f"its ranges: {has}" if has else "it has no range to set")
+                        + (f" ({key}'s range is search.space.{key})" if own else ""))
+                if low > high:
+                    raise ValueError(f"{where}.{key}: write the range as [low, high]; "
+                                     f"got [{low:g}, {high:g}]")
+                if default.log and low <= 0:
+                    raise ValueError(f"{where}.{key}: {key} is drawn log-uniformly, so the range must be "
+                                     f"above 0; got [{low:g}, {high:g}]")
+                for end in (low, high):
+                    problem = param_problem(method.Params, key, end)
+                    if problem:
+                        raise ValueError(f"{where}.{key}: {end:g} is not a value method.{key} takes "
+                                         f"({problem}); keep the range inside it")
         return self
 
     @model_validator(mode="after")

@@ -313,7 +313,7 @@ def test_unknown_key_names_the_method():
 
 def test_registered_and_searchable():
     assert methods.get("dfr") is DFR
-    assert DFR.searchable() and "C" in DFR.search_ranges
+    assert DFR.searchable() and "C" in DFR.search_params
     assert (DFR.needs_val_attributes, DFR.uses_groups, DFR.needs_train_attributes) == (True, False, False)
 
 

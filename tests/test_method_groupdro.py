@@ -246,6 +246,6 @@ def test_suggest_draws_eta_log_uniform_inside_its_range():
     assert np.mean(np.array(etas) < 1e-2) == pytest.approx(0.5, abs=0.1), "log-uniform: half below 0.01"
     assert GroupDRO.suggest(optuna.trial.FixedTrial({"eta": 0.02}), GroupStats(COUNTS), None,
                             GroupDRO.Params()) == {"eta": 0.02}
-    assert GroupDRO.searchable() and "eta" in GroupDRO.search_ranges
+    assert GroupDRO.searchable() and "eta" in GroupDRO.search_params
     described = GroupDRO.describe(GroupDROParams(eta=0.02, adj=1.0), GroupStats(COUNTS))
     assert described == {"eta": 0.02, "adj": 1.0}

@@ -232,7 +232,7 @@ def test_suggest_draws_inside_its_ranges(tmp_path, monkeypatch):
     assert {d["T"] for d in drawn} == set(range(1, 8))
     fixed = optuna.trial.FixedTrial({"T": 7, "lambda_up": 5.0})
     assert JTT.suggest(fixed, None, spec.search, spec.method) == {"T": 7, "lambda_up": 5.0}
-    assert JTT.searchable() and set(JTT.search_ranges) == {"T", "lambda_up"}
+    assert JTT.searchable() and set(JTT.describe_search()) == {"T", "lambda_up"}
 
 
 # -- training --------------------------------------------------------------------------------------

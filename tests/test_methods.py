@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from pydantic import Field
@@ -16,8 +17,10 @@ from gerne_ray.cli import main, method_table
 from gerne_ray.errors import GerneError
 from gerne_ray.loop import WorkerContext, load_state, train_loop
 from gerne_ray.methods import Batch, Method, MethodParams
+from gerne_ray.methods.base import SearchRange
 from gerne_ray.spec import load_spec
 from gerne_ray.training import prepare, run_first_stages, train
+from gerne_ray.tuning import optuna_space
 
 SYNTH = {
     "name": "m",
@@ -54,15 +57,11 @@ class Half(Method):
     name = "half"
     Params = HalfParams
     summary = "a toy: w times ERM's loss"
-    search_ranges = {"w": "uniform in [0.1, 1]"}
+    search_params = {"w": SearchRange(0.1, 1.0)}  # the default suggest draws it, a spec may narrow it
 
     def losses(self, batch: Batch) -> dict:
         loss = torch.nn.functional.cross_entropy(self.models["model"](batch.x), batch.y)
         return {"loss": self.params.w * loss}
-
-    @classmethod
-    def suggest(cls, trial, stats, search, params) -> dict:
-        return {"w": trial.suggest_float("w", 0.1, 1.0)}
 
 
 @pytest.fixture
@@ -84,6 +83,46 @@ def test_a_method_defined_in_a_test_registers_validates_trains_and_is_listed(hal
     assert listed["half"]["params"] == [{"name": "w", "default": 0.5, "description": "factor on the loss"}]
     assert main(["methods"]) == 0
     assert "half: a toy: w times ERM's loss" in capsys.readouterr().out
+
+
+def drawn(spec, n: int = 60) -> list[dict]:
+    """n configurations of the spec's search space (tune's define-by-run function), random sampler."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    stats = prepare(spec, check_method=False).stats
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        derived = optuna_space(trial, stats, spec.search, spec.method)  # what is not drawn
+        out.append({**trial.params, **derived, "dist": trial.distributions})
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_a_spec_replaces_a_methods_search_range_for_the_search_and_compare(half, tmp_path, capsys):
+    # the registered toy: its default range, then the spec's (the default suggest reads search_params)
+    ws = [d["w"] for d in drawn(method_spec(tmp_path, "half"))]
+    assert 0.1 <= min(ws) and max(ws) <= 1.0 and max(ws) - min(ws) > 0.6
+    narrowed = drawn(method_spec(tmp_path, "half", "search.space.methods={half: {w: [0.2, 0.25]}}"))
+    assert all(0.2 <= d["w"] <= 0.25 and d["dist"]["w"] == optuna.distributions.FloatDistribution(0.2, 0.25)
+               for d in narrowed)
+    with pytest.raises(GerneError, match=r"search\.space\.methods\.half\.w: 0 is not a value method\.w takes "
+                                         r"\(input should be greater than 0\)"):
+        method_spec(tmp_path, "half", "search.space.methods={half: {w: [0, 0.5]}}")
+    # built-ins, log-uniform; the ranges of the other methods a compare run searches wait for their turn
+    both = "search.space.methods={groupdro: {eta: [0.002, 0.004]}, jtt: {lambda_up: [3, 4]}}"
+    etas = drawn(method_spec(tmp_path, "groupdro", both))
+    assert all(0.002 <= d["eta"] <= 0.004 and d["dist"]["eta"].log for d in etas)
+    assert set(etas[0]) == {"eta", "dist", "trial_number"}
+    ups = drawn(method_spec(tmp_path, "jtt", both))
+    assert all(3 <= d["lambda_up"] <= 4 and 1 <= d["T"] <= 2 for d in ups)
+    assert {d["T"] for d in ups} == {1, 2}  # T keeps its own range, [1, T_max]
+    assert all(0.001 <= d["eta"] <= 0.1 for d in drawn(method_spec(tmp_path, "groupdro")))  # the default
+    assert main(["methods", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert listed["groupdro"]["search"] == {
+        "eta": "log-uniform in [0.001, 0.1] (search.space.methods.groupdro.eta)"}
+    assert listed["half"]["search"] == {"w": "uniform in [0.1, 1] (search.space.methods.half.w)"}
 
 
 def test_a_registered_name_cannot_be_taken_twice(half):

@@ -26,3 +26,25 @@ def test_readme_lists_every_cli_command():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for name in sub.choices:
         assert f"gerne-ray {name}" in readme, name
+
+
+def test_the_readmes_own_method_registers_and_its_range_is_searched_and_replaceable():
+    import optuna
+
+    from gerne_ray import methods
+    from gerne_ray.spec import load_spec
+
+    (code,) = [b for b in re.findall(r"```python\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+               if "class Focal(" in b]
+    scope: dict = {}
+    exec(compile(code, "README.md (Focal)", "exec"), scope)  # the README's own example
+    focal = methods.register(scope["Focal"])
+    try:
+        spec = load_spec({"name": "f", "method": {"name": "focal"}},
+                         ["search.space.methods={focal: {gamma: [1, 2]}}"])
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        gammas = [focal.suggest(study.ask(), None, spec.search, spec.method)["gamma"] for _ in range(30)]
+        assert 1 <= min(gammas) and max(gammas) <= 2
+        assert max(focal.suggest(study.ask(), None, None, spec.method)["gamma"] for _ in range(30)) > 2
+    finally:
+        methods._loaded.pop("focal", None)

@@ -99,6 +99,13 @@ def test_report_html_is_written_beside_report_md_and_rendered_again_the_same(run
     assert (run / "report.html").read_text() == page
 
 
+def test_the_summary_names_the_ranges_the_search_drew_from():
+    best = {"method": "groupdro", "searched": ["eta", "lr"], "search": {"bounds": "exact", "margin": 0.01}}
+    space = {"lr": [0.01, 0.1], "methods": {"groupdro": {"eta": [0.001, 0.02]}, "jtt": {"lambda_up": [3, 4]}}}
+    assert report_html._searched(best, space) == "eta in [0.001, 0.02]; lr in [0.01, 0.1]"
+    assert report_html._searched({**best, "searched": ["eta"]}, {}) == "eta over the method's default range"
+
+
 def test_text_from_specs_and_data_is_escaped(runs):
     import pyarrow.parquet as pq
 

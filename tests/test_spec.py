@@ -62,6 +62,12 @@ BAD = [
     (["search.metric=val_loss"], ["search.metric", "val_gba"]),
     (["name=../escape"], ["name", "pattern"]),
     (["optim=3"], ["optim", "dictionary"]),
+    (["search.space.methods={groupdr: {eta: [0.01, 0.1]}}"], ["search.space.methods.groupdr", "groupdro"]),
+    (["search.space.methods={jtt: {eta: [0.01, 0.1]}}"], ["search.space.methods.jtt.eta", "lambda_up"]),
+    (["search.space.methods={gerne: {c: [0.1, 0.5]}}"], ["methods.gerne.c", "search.space.c"]),
+    (["search.space.methods={jtt: {lambda_up: [0.5, 8]}}"], ["jtt.lambda_up", "0.5", "than or equal to 1"]),
+    (["search.space.methods={dfr: {C: [1, 0.1]}}"], ["dfr.C", "[low, high]", "[1, 0.1]"]),
+    (["search.space.methods={dfr: {C: [0, 1]}}"], ["dfr.C", "log-uniformly", "above 0"]),
 ]
 
 

@@ -12,8 +12,11 @@ gerne_ray/methods/__init__.py. The training loop (gerne_ray.loop) knows only thi
 - `state_dict` / `load_state_dict`: the method's own state (Group DRO's q, LfF's averages), saved in
   every checkpoint and identical on every worker; `aux_models`: extra networks it trains (LfF's
   biased model), each with its own optimizer, checkpointed by the loop.
-- `suggest(trial, stats, search, params)`: its define-by-run search space (Optuna), the values it returns
-  set on its Params for the trial; `check(params, stats)`: a check against the data (beta's bounds).
+- `search_params`: hyperparameters the search draws from a range, {name: SearchRange(low, high, log)},
+  each range replaceable in a spec (`search.space.methods.<method>.<name>: [low, high]`); the default
+  `suggest` draws them. `suggest(trial, stats, search, params)`: its define-by-run search space
+  (Optuna) when it needs more (GERNE's beta inside bounds that depend on c), the values it returns set
+  on its Params for the trial; `check(params, stats)`: a check against the data (beta's bounds).
 - `epoch_start(epoch, epochs)`: hyperparameters that move during training (GERNE's beta_schedule), set
   before each epoch; what it returns is recorded in the epoch's history row.
 - What it needs: training groups (`uses_groups`: pseudo-groups stand in when attributes are
@@ -27,7 +30,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -54,6 +57,17 @@ class MethodParams(BaseModel):
     name: str
 
 
+class SearchRange(NamedTuple):
+    """A hyperparameter's default search range: uniform, or log-uniform (log) in [low, high]."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def describe(self) -> str:
+        return f"{'log-uniform' if self.log else 'uniform'} in [{self.low:g}, {self.high:g}]"
+
+
 @dataclass
 class Batch:
     """One step's batch on one worker: inputs, labels, groups, the rows' positions in the training split."""
@@ -77,7 +91,8 @@ class Method:
     uses_groups: ClassVar[bool] = False  # draws or weighs by training groups (pseudo-groups if unknown)
     needs_train_attributes: ClassVar[bool] = False  # true training attribute labels, never pseudo
     needs_val_attributes: ClassVar[bool] = False  # validation attribute labels (model selection aside)
-    search_ranges: ClassVar[dict[str, str]] = {}  # param -> how the search draws it (for `gerne-ray methods`)
+    search_ranges: ClassVar[dict[str, str]] = {}  # param -> how `suggest` draws it (for `gerne-ray methods`)
+    search_params: ClassVar[dict[str, SearchRange]] = {}  # drawn from a range a spec may replace
 
     def __init__(self, params: MethodParams, stats: GroupStats, ctx: Any, stage1: Any = None) -> None:
         self.params, self.stats, self.ctx = params, stats, ctx
@@ -155,12 +170,30 @@ class Method:
     @classmethod
     def suggest(cls, trial: optuna.Trial, stats: GroupStats, search: Any,
                 params: MethodParams) -> dict[str, Any]:
-        """Draw the method's searched hyperparameters (define-by-run); {} when it has none.
+        """Draw the method's searched hyperparameters (define-by-run): each of `search_params` from its
+        range (`search_range`); {} when it has none.
 
         stats: the training groups (pseudo-groups for the trial's t); search: the spec's search
         section; params: the job's method section (its fixed values, e.g. JTT's T_max).
         """
-        return {}
+        return {key: trial.suggest_float(key, *cls.search_range(search, key)[:2], log=r.log)
+                for key, r in cls.search_params.items()}
+
+    @classmethod
+    def search_range(cls, search: Any, key: str) -> SearchRange:
+        """The range `suggest` draws `key` from: the spec's search.space.methods.<name>.<key>, or the
+        method's default (search may be None: the default)."""
+        default = cls.search_params[key]
+        ranges = getattr(getattr(search, "space", None), "methods", None) or {}
+        chosen = ranges.get(cls.name, {}).get(key)
+        return default if chosen is None else SearchRange(float(chosen[0]), float(chosen[1]), default.log)
+
+    @classmethod
+    def describe_search(cls) -> dict[str, str]:
+        """How the search draws each hyperparameter (`gerne-ray methods`)."""
+        drawn = {key: f"{r.describe()} (search.space.methods.{cls.name}.{key})"
+                 for key, r in cls.search_params.items()}
+        return {**cls.search_ranges, **drawn}
 
     @classmethod
     def check_search(cls, stats: GroupStats, search: Any, params: MethodParams | None = None) -> None:
@@ -175,4 +208,4 @@ class Method:
     @classmethod
     def searchable(cls) -> bool:
         """Whether `gerne-ray tune` has anything of this method's own to search."""
-        return bool(cls.search_ranges)
+        return bool(cls.search_ranges or cls.search_params)

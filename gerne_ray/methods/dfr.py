@@ -54,7 +54,7 @@ from torch import nn
 
 from gerne_ray.data.base import VAL, GroupedDataset
 from gerne_ray.errors import GerneError
-from gerne_ray.methods.base import Batch, Method, MethodParams
+from gerne_ray.methods.base import Batch, Method, MethodParams, SearchRange
 from gerne_ray.step import weighted_loss
 
 DFR_TRAIN = 3  # split code of the validation rows the last layer is fitted on (train, val, test: 0, 1, 2)
@@ -225,7 +225,7 @@ class DFR(Method):
     Params = DFRParams
     summary = "DFR: ERM features, last layer refitted (L1 logistic regression) on half of validation"
     needs_val_attributes = True
-    search_ranges = {"C": f"log-uniform in [{C_RANGE[0]}, {C_RANGE[1]}] (the range of the authors' grid)"}
+    search_params = {"C": SearchRange(*C_RANGE, log=True)}  # the range of the authors' grid
 
     @classmethod
     def prepare_dataset(cls, params: DFRParams, dataset: GroupedDataset) -> GroupedDataset:
@@ -252,7 +252,3 @@ class DFR(Method):
         weight, bias = fit_head(features, y, subsets, dataset.num_classes, p.C, p.seed)
         return with_head(model, weight, bias)
 
-    @classmethod
-    def suggest(cls, trial, stats, search, params) -> dict:
-        """C log-uniform over the authors' grid's range."""
-        return {"C": trial.suggest_float("C", *C_RANGE, log=True)}

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from gerne_ray.errors import GerneError
-from gerne_ray.methods.base import Batch, Method, MethodParams
+from gerne_ray.methods.base import Batch, Method, MethodParams, SearchRange
 
 ETA_RANGE = (1e-3, 1e-1)  # the search's log-uniform range of eta (the authors fix 0.01)
 
@@ -58,7 +58,7 @@ class GroupDRO(Method):
     loss_keys = ("loss", "worst_group_loss", "q_max")
     uses_groups = True
     needs_train_attributes = True
-    search_ranges = {"eta": f"log-uniform in [{ETA_RANGE[0]}, {ETA_RANGE[1]}] (adj is not searched)"}
+    search_params = {"eta": SearchRange(*ETA_RANGE, log=True)}  # adj is not searched
 
     def __init__(self, params: GroupDROParams, stats, ctx, stage1=None) -> None:
         super().__init__(params, stats, ctx, stage1)
@@ -100,11 +100,6 @@ class GroupDRO(Method):
             raise GerneError(f"method: the checkpoint's Group DRO q has {q.numel()} groups, this data "
                              f"{self.q.numel()}; resume with the same data or give this job another name")
         self.q = q.to(self.q.device)
-
-    @classmethod
-    def suggest(cls, trial, stats, search, params) -> dict:
-        """eta, log-uniform in ETA_RANGE."""
-        return {"eta": trial.suggest_float("eta", *ETA_RANGE, log=True)}
 
     @classmethod
     def describe(cls, params: GroupDROParams, stats) -> dict:

@@ -40,7 +40,7 @@ import torch
 from pydantic import Field, model_validator
 
 from gerne_ray.errors import GerneError
-from gerne_ray.methods.base import Batch, Method, MethodParams
+from gerne_ray.methods.base import Batch, Method, MethodParams, SearchRange
 from gerne_ray.step import weighted_loss
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,8 @@ class JTT(Method):
     summary = "ERM, then retrain with the ERM model's epoch-T training errors upsampled (no attribute labels)"
     search_ranges = {
         "T": "int in [1, method.T_max] (T_max unset: T); stage 1 trains T_max epochs once per job",
-        "lambda_up": f"log-uniform in [{LAMBDA_UP_RANGE[0]:g}, {LAMBDA_UP_RANGE[1]:g}]",
     }
+    search_params = {"lambda_up": SearchRange(*LAMBDA_UP_RANGE, log=True)}
     def __init__(self, params: JTTParams, stats, ctx, stage1: Any = None) -> None:
         super().__init__(params, stats, ctx, stage1)
         if stage1 is None:
@@ -136,9 +136,9 @@ class JTT(Method):
 
     @classmethod
     def suggest(cls, trial, stats, search, params: JTTParams) -> dict[str, Any]:
-        """T in [1, T_max] (the epochs stage 1 trains) and lambda_up log-uniform in LAMBDA_UP_RANGE."""
+        """T in [1, T_max] (the epochs stage 1 trains), then lambda_up (log-uniform, search_params)."""
         return {"T": trial.suggest_int("T", 1, stage1_epochs(params)),
-                "lambda_up": trial.suggest_float("lambda_up", *LAMBDA_UP_RANGE, log=True)}
+                **super().suggest(trial, stats, search, params)}
 
     @classmethod
     def describe(cls, params: JTTParams, stats) -> dict[str, Any]:
