@@ -83,6 +83,12 @@ def paper_spec(ratio: float, unknown: bool, args) -> dict:
     return load_spec(path, over).model_dump(mode="json")
 
 
+def config_overrides(config: dict) -> list[str]:
+    """The overrides that fix a searched configuration: method.c, beta, t; optim.lr, weight_decay."""
+    over = [f"method.{k}={v}" for k, v in config.items() if k in ("c", "beta", "t")]
+    return over + [f"optim.{k}={v}" for k, v in config.items() if k in ("lr", "weight_decay")]
+
+
 def fixed_rows(name: str, ratio: float, args) -> dict:
     """ERM or resampling: train with every seed; the validation- and test-selected test GBA."""
     base = paper_spec(ratio, False, args)
@@ -120,11 +126,9 @@ def searched_rows(ratio: float, unknown: bool, args) -> dict:
         keys = ("c", "beta", "t", "lr", "weight_decay")
         config = {k: row[k] for k in keys if k in row and pd.notna(row[k])}
         out["test_config"] = {k: float(v) for k, v in config.items()}
-        over = [f"method.{k}={v}" for k, v in config.items() if k in ("c", "beta", "t")]
-        over += [f"optim.{k}={v}" for k, v in config.items() if k in ("lr", "weight_decay")]
         out["test"] = []
         for seed in SEEDS:
-            s = load_spec(base, [*over, f"name={name}-testsel-s{seed}", f"seed={seed}"])
+            s = load_spec(base, [*config_overrides(config), f"name={name}-testsel-s{seed}", f"seed={seed}"])
             train(s)
             out["test"].append(best_test(s.folder.local))
     return out

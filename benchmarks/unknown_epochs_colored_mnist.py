@@ -31,14 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from paper_colored_mnist import PAPER, SEEDS, pct  # noqa: E402
+from paper_colored_mnist import PAPER, RATIOS, SEEDS, config_overrides, paper_spec, pct  # noqa: E402
 
 from gerne_ray.results import atomic_write  # noqa: E402
 from gerne_ray.spec import load_spec  # noqa: E402
 from gerne_ray.training import train  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-RATIOS = (0.005, 0.01, 0.02, 0.05)
 
 
 def cell(ratio: float) -> dict:
@@ -47,16 +46,11 @@ def cell(ratio: float) -> dict:
     return record["cells"][f"gerne-unknown/{ratio:g}"]
 
 
-def run(ratio: float, seed: int, args) -> dict:
-    """Train the cell's configuration with this seed for args.epochs epochs; its validation-selected test."""
-    config = cell(ratio)["config"]
-    path = ROOT / "jobs" / "paper" / f"colored_mnist_{pct(ratio)}pct_unknown.yaml"
-    over = [f"data.root={args.mnist}", f"storage.path={args.storage}", f"optim.epochs={args.epochs}",
-            f"name=unknown-{pct(ratio)}-e{args.epochs}-s{seed}", f"seed={seed}"]
-    over += [f"method.{k}={config[k]}" for k in ("c", "beta", "t")]
-    over += [f"optim.{k}={config[k]}" for k in ("lr", "weight_decay")]
+def run(ratio: float, config: dict, seed: int, args) -> dict:
+    """Train a configuration with this seed for args.epochs epochs; its validation-selected test."""
+    over = [*config_overrides(config), f"name=unknown-{pct(ratio)}-e{args.epochs}-s{seed}", f"seed={seed}"]
     start = time.perf_counter()
-    r = train(load_spec(path, over))
+    r = train(load_spec(paper_spec(ratio, True, args), over))
     return {"seed": seed, "test_gba": r["test_gba"], "val_gba": r["val_gba"], "best_epoch": r["best_epoch"],
             "status": r["status"], "wall_s": time.perf_counter() - start}
 
@@ -100,6 +94,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=128)
     parser.add_argument("--storage", default="runs/bench-unknown-epochs")
     parser.add_argument("--out", default=str(RESULTS / "unknown_epochs_colored_mnist"), help="no suffix")
+    parser.set_defaults(trials=None)  # paper_spec's search.num_samples override: none here
     args = parser.parse_args()
     import torch
 
@@ -116,7 +111,7 @@ def main() -> None:
         for seed in SEEDS:
             if seed in done:
                 continue
-            row["runs"].append(run(ratio, seed, args))
+            row["runs"].append(run(ratio, table["config"], seed, args))
             print(f"{pct(ratio)}% seed {seed}: {row['runs'][-1]}", flush=True)
             save(out, record)
     save(out, record)

@@ -176,8 +176,8 @@ class Method:
         stats: the training groups (pseudo-groups for the trial's t); search: the spec's search
         section; params: the job's method section (its fixed values, e.g. JTT's T_max).
         """
-        return {key: trial.suggest_float(key, *cls.search_range(search, key)[:2], log=r.log)
-                for key, r in cls.search_params.items()}
+        ranges = {key: cls.search_range(search, key) for key in cls.search_params}
+        return {key: trial.suggest_float(key, r.low, r.high, log=r.log) for key, r in ranges.items()}
 
     @classmethod
     def search_range(cls, search: Any, key: str) -> SearchRange:

@@ -97,6 +97,7 @@ class JTT(Method):
         "T": "int in [1, method.T_max] (T_max unset: T); stage 1 trains T_max epochs once per job",
     }
     search_params = {"lambda_up": SearchRange(*LAMBDA_UP_RANGE, log=True)}
+
     def __init__(self, params: JTTParams, stats, ctx, stage1: Any = None) -> None:
         super().__init__(params, stats, ctx, stage1)
         if stage1 is None:
