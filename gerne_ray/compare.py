@@ -137,7 +137,7 @@ def figure_compare(rows: list[dict]):
     import matplotlib.pyplot as plt
 
     groups = by_method(rows)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) + 2), 4.0))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) + 2), 4.0), layout="constrained")
     width = 0.38
     for i, key in enumerate(("test_gba", "test_wga")):
         xs = np.arange(len(groups)) + (i - 0.5) * width
@@ -157,17 +157,15 @@ def figure_compare(rows: list[dict]):
 def write_plot_and_html(spec: JobSpec, rows: list[dict], wall_s: float, bests: dict[str, dict],
                         run_dir: Path) -> None:
     """plots/compare.png and compare.html (the same figure inline, with each method's test heatmap)."""
-    import matplotlib.pyplot as plt
-
     from gerne_ray import report_html
+    from gerne_ray.report import gc_paused, save_png
 
-    fig = figure_compare(rows)
-    svg = report_html.svg_of(fig, "compare")
-    path = run_dir / "plots" / "compare.png"
-    results.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
-    report_html.write_html(run_dir / report_html.COMPARE_HTML,
-                           report_html.render_compare(spec, rows, wall_s, bests, svg))
+    with gc_paused():
+        fig = figure_compare(rows)
+        svg = report_html.svg_of(fig, "compare")
+        save_png(fig, run_dir / "plots" / "compare.png")
+        report_html.write_html(run_dir / report_html.COMPARE_HTML,
+                               report_html.render_compare(spec, rows, wall_s, bests, svg))
 
 
 def compare(spec: SpecLike, method_names: str | list[str], overrides: list[str] | None = None,

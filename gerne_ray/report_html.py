@@ -86,12 +86,15 @@ def _num(value, digits: int = 4) -> str:
 def svg_of(fig, name: str, titles: dict[str, str] | None = None) -> str:
     """The figure as an inline <svg> element whose ids all start with `<name>-` (one page holds several
     figures; the same figure gives the same text); an element whose gid is a key of titles gets that
-    text as its tooltip."""
+    text as its tooltip. The figure's layout is computed in this draw and then kept: a PNG saved after
+    it draws without laying out every text again."""
     import matplotlib
 
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": name, "svg.fonttype": "path"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    if fig.get_layout_engine() is not None:
+        fig.set_layout_engine("none")  # keeps the axes where the constrained layout put them
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]  # drop the XML declaration and DOCTYPE: inline SVG needs neither
     svg = re.sub(r"<!--.*?-->", "", svg, flags=re.S)  # matplotlib's comments: each text's string again

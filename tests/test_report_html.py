@@ -8,11 +8,13 @@ websocket-client package) the browser tests are skipped, saying why.
 """
 
 import base64
+import gc
 import io
 import json
 import queue
 import re
 import shutil
+import struct
 import subprocess
 import threading
 import time
@@ -146,6 +148,35 @@ def test_the_heatmap_draws_every_group_and_outlines_the_worst(runs):
         plt.close(fig)
     png = (runs["search"] / "plots" / "best_groups.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_png_has_the_figures_own_size_and_gc_resumes_after_the_report(runs, tmp_path):
+    """Plots are laid out once (constrained layout, kept after the SVG's draw; no tight bounding box
+    that crops the PNG to another size) and the report pauses the garbage collector only while it
+    draws: it is back on after, also when drawing fails, and stays off where the caller had it off."""
+    import matplotlib.pyplot as plt
+
+    best = json.loads((runs["search"] / "best.json").read_text())
+    fig = report.figure_group_heatmap(best)
+    width, height = fig.get_size_inches()
+    report_html.svg_of(fig, "groups")
+    report.save_png(fig, tmp_path / "again.png")
+    png = (tmp_path / "again.png").read_bytes()
+    assert png[12:16] == b"IHDR"  # the first chunk: width and height, big-endian
+    assert struct.unpack(">II", png[16:24]) == (round(width * 110), round(height * 110))
+    assert not plt.get_fignums()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), report.gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("a figure failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with report.gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_metric_vs_beta_draws_erm_resampling_and_the_bounds(runs):
