@@ -7,13 +7,13 @@ four arms run one after the other:
   define-by-run space (`gerne_ray.tuning.optuna_space`: the same bounds, the same suggestions), each trial
   one `gerne_ray.train` call, no Ray. Timed from the group statistics the space needs to the last trial.
 - tune, 1 at a time: `gerne_ray.tune` with `search.max_concurrent: 1`, on a Ray the arm starts itself
-  (`ensure_ray`, timed apart as "Ray start") and shuts down after it; its trial reserves the spec's
-  `scaling.cpus_per_worker` (1 CPU: torch runs one thread in it).
-- tune, 1 at a time on every CPU: the same with `scaling.cpus_per_worker` set to the machine's CPUs, as a
-  one-at-a-time search should be run (Ray gives the trial's torch that many threads, as the plain loop
-  has).
-- tune, default concurrency: the same with `search.max_concurrent` left null (as many trials as the
-  cluster's CPUs fit; the number is best.json's search.max_concurrent).
+  (`ensure_ray`, timed apart as "Ray start") and shuts down after it; its trial reserves
+  `scaling.cpus_per_worker: 1` (torch runs one thread in it).
+- tune, 1 at a time on every CPU: the same with `scaling.cpus_per_worker` null, the default, with which
+  a one-at-a-time search on a one-node cluster reserves the machine's CPUs (Ray gives the trial's torch
+  that many threads, as the plain loop has). Records before 2026-12-01 set them explicitly: the same.
+- tune, default concurrency: the same with `search.max_concurrent` left null (as many trials of 1 CPU as
+  the cluster's CPUs fit; the number is best.json's search.max_concurrent).
 TPE's first 10 trials are random draws, so with 10 trials or fewer every arm trains the same
 configurations (the record checks it). Ray's workers run torch with as many threads as their trial
 reserves CPUs (OMP_NUM_THREADS); the plain loop runs twice, with torch's default threads and with one,
@@ -165,7 +165,8 @@ def read_events(path: Path) -> list[dict]:
 def search_arm(base, label: str, max_concurrent: int | None, folder: Path, cpus: int | None = None) -> dict:
     """`gerne_ray.tune` on a Ray this arm starts (and shuts down), with the Timeline callback.
 
-    cpus: what each trial reserves (scaling.cpus_per_worker), when not the spec's.
+    cpus: what each trial reserves (scaling.cpus_per_worker), when not the default (best.json's spec says
+    what the search resolved it to).
     """
     events = folder / f"{label}.events.jsonl"
     os.environ[EVENTS_ENV] = str(events)
@@ -187,7 +188,7 @@ def search_arm(base, label: str, max_concurrent: int | None, folder: Path, cpus:
     return {
         "wall_s": wall, "ray_start_s": ray_s, "tune_s": wall - ray_s, "cpu_s": cpu,
         "max_concurrent": result.best["search"].get("max_concurrent", max_concurrent),
-        "cpus_per_trial": spec.scaling.cpus_per_worker,
+        "cpus_per_trial": result.best["config"]["scaling"]["cpus_per_worker"],
         "load_before": load, "load_after": os.getloadavg(),
         "trials": [{"trial_number": int(t["trial_number"]), "trial_id": t["trial_id"], "c": float(t["c"]),
                     "lambda": float(t["lambda"]), "val_gba": float(t["val_gba"]),
@@ -272,7 +273,7 @@ def main() -> None:
             record["arms"][label] = plain_loop(load_spec(base, [f"storage.path={storage}/{label}"]), n)
             print(f"{label}: {record['arms'][label]['wall_s']:.1f} s", flush=True)
         torch.set_num_threads(threads)
-        for label, n, cpus in (("tune_1", 1, None), ("tune_1_all_cpus", 1, os.cpu_count()),
+        for label, n, cpus in (("tune_1", 1, 1), ("tune_1_all_cpus", 1, None),
                                ("tune_auto", None, None)):
             record["arms"][label] = search_arm(base, label, n, Path(storage), cpus)
             print(f"{label}: {record['arms'][label]['wall_s']:.1f} s", flush=True)

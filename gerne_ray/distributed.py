@@ -104,10 +104,10 @@ def ensure_ray(spec: JobSpec) -> None:
         return
     s = spec.scaling
     resources = ray.cluster_resources()
-    need_cpu = s.num_workers * s.cpus_per_worker
+    need_cpu = s.num_workers * s.worker_cpus
     if need_cpu > resources.get("CPU", 0):
         raise GerneError(
-            f"scaling.num_workers: {s.num_workers} workers x {s.cpus_per_worker} CPUs need {need_cpu:g} "
+            f"scaling.num_workers: {s.num_workers} workers x {s.worker_cpus:g} CPUs need {need_cpu:g} "
             f"CPUs but this Ray cluster has {resources.get('CPU', 0):g}; lower scaling.num_workers or "
             "scaling.cpus_per_worker, or submit to a larger cluster (RAY_ADDRESS)"
         )
@@ -129,7 +129,7 @@ def fit_distributed(spec: JobSpec, prepared: Prepared, callbacks: list | None = 
 
     ensure_ray(spec)
     s = spec.scaling
-    per_worker = {"CPU": s.cpus_per_worker}
+    per_worker = {"CPU": s.worker_cpus}
     if s.use_gpu:
         per_worker["GPU"] = s.gpus_per_worker if s.gpus_per_worker is not None else 1
     trainer = TorchTrainer(

@@ -317,7 +317,11 @@ class ScalingSpec(_Strict):
 
     num_workers: int = Field(1, gt=0, description="Ray Train workers; 1 (without GPU) trains in-process")
     use_gpu: bool = Field(False, description="train on GPUs (Ray Train workers)")
-    cpus_per_worker: Positive = Field(1.0, description="CPUs each worker reserves")
+    cpus_per_worker: Positive | None = Field(
+        None, description="CPUs each worker (or in-process trial) reserves; Ray gives its torch as many "
+        "threads. null: 1, except for a search of in-process trials run one at a time (search.max_concurrent "
+        "1) on a one-node cluster: the node's CPUs (at most this machine's)"
+    )
     gpus_per_worker: float | None = Field(
         None, ge=0, description="GPUs each worker reserves (null: 1 with use_gpu)"
     )
@@ -327,6 +331,11 @@ class ScalingSpec(_Strict):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Ray's placement of the workers: SPREAD and STRICT_SPREAD use several nodes"
     )
+
+    @property
+    def worker_cpus(self) -> float:
+        """cpus_per_worker, 1 where it is null (a search resolves null first: tuning.with_concurrency)."""
+        return 1.0 if self.cpus_per_worker is None else self.cpus_per_worker
 
     @property
     def distributed(self) -> bool:

@@ -36,7 +36,8 @@ Speed (benchmarks/results/search_overhead.md): an in-process trial after the fir
 slot's live actor (`reuse_actors`: no new process, no imports); a single-worker trial checkpoints every
 `search.checkpoint_every` epochs, at ASHA's rungs and at its last epoch (`checkpoint_policy`) and only
 reports the others; Tune writes no CSV or TensorBoard file per result (`tune_settings`); and
-`search.max_concurrent` null runs as many trials as the cluster fits (`with_concurrency`).
+`search.max_concurrent` null runs as many trials as the cluster fits, while one trial at a time on one
+node reserves its CPUs (`scaling.cpus_per_worker` null; `with_concurrency`).
 
 With `search.final_seeds: k` the best configuration is trained again with k new seeds (the spec's
 seed + 1 ... + k; the searched seed is left out so the estimate is not the selection's lucky draw)
@@ -483,8 +484,8 @@ def trial_resources(spec: JobSpec) -> dict[str, float]:
     trial's own share of a CPU (`_trainable`)."""
     s = spec.scaling
     if not s.distributed:
-        return {"CPU": s.cpus_per_worker}
-    need = {"CPU": s.num_workers * s.cpus_per_worker + TRIAL_CPU}
+        return {"CPU": s.worker_cpus}
+    need = {"CPU": s.num_workers * s.worker_cpus + TRIAL_CPU}
     if s.use_gpu:
         need["GPU"] = s.num_workers * (s.gpus_per_worker if s.gpus_per_worker is not None else 1)
     return need
@@ -513,12 +514,43 @@ def cluster_capacity() -> dict[str, float]:
     return capacity
 
 
+def one_node_cpus(nodes: int, cpus: float, most: float, machine: int) -> float | None:
+    """What a trial alone on the cluster reserves: the CPUs of its one node (`cpus`), at most this
+    machine's (`machine`: a local cluster may declare more than there are); None on a cluster of several
+    `nodes`, or one an autoscaler may grow to `most` CPUs."""
+    if nodes != 1 or most > cpus:
+        return None
+    return float(max(1, min(math.floor(cpus), machine)))
+
+
+def lone_trial_cpus() -> float | None:
+    """one_node_cpus of the cluster Ray is connected to."""
+    import ray
+
+    alive = sum(bool(n.get("Alive")) for n in ray.nodes())
+    return one_node_cpus(alive, ray.cluster_resources().get("CPU", 0), cluster_capacity().get("CPU", 0),
+                         os.cpu_count() or 1)
+
+
 def with_concurrency(spec: JobSpec) -> JobSpec:
-    """The spec with search.max_concurrent resolved: as given, or (null) the trials the cluster fits."""
-    if spec.search.max_concurrent is not None:
-        return spec
-    n = trials_that_fit(trial_resources(spec), cluster_capacity())
-    return spec.model_copy(update={"search": spec.search.model_copy(update={"max_concurrent": n})})
+    """The spec with search.max_concurrent and scaling.cpus_per_worker resolved.
+
+    max_concurrent: as given, or (null) the trials the cluster fits. cpus_per_worker: as given, or (null)
+    1; but in-process trials run one at a time (not PBT, whose population runs as the CPUs fit) on a
+    one-node cluster reserve its CPUs: Ray runs a trial's torch with as many threads as it reserves, so a
+    1-CPU trial would leave the others idle (1.7x the wall time of the same trials on 2 CPUs, measured
+    on real Colored MNIST: benchmarks/results/search_overhead_colored_mnist.md).
+    """
+    s, scaling = spec.search, spec.scaling
+    n = s.max_concurrent
+    if n is None:
+        n = trials_that_fit(trial_resources(spec), cluster_capacity())
+    cpus = scaling.cpus_per_worker
+    if cpus is None:
+        alone = n == 1 and s.scheduler != "pbt" and not scaling.distributed
+        cpus = (lone_trial_cpus() if alone else None) or 1.0
+    return spec.model_copy(update={"search": s.model_copy(update={"max_concurrent": n}),
+                                   "scaling": scaling.model_copy(update={"cpus_per_worker": cpus})})
 
 
 def _trainable(spec: JobSpec, prepared: Prepared):
@@ -526,7 +558,7 @@ def _trainable(spec: JobSpec, prepared: Prepared):
     job["storage"]["path"] = spec.folder.ray_storage  # absolute: trials run in other working directories
     s = spec.scaling
     # A multi-worker trial only drives its TorchTrainer: its workers hold the CPUs, it needs almost none.
-    resources = {"cpu": TRIAL_CPU} if s.distributed else {"cpu": s.cpus_per_worker}
+    resources = {"cpu": TRIAL_CPU} if s.distributed else {"cpu": s.worker_cpus}
     trainable = ray_tune.with_parameters(run_trial, job=job, prepared=prepared, storage=storage_settings())
     return ray_tune.with_resources(trainable, resources)
 

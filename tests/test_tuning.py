@@ -370,6 +370,8 @@ def test_demo_compares_baselines_with_tuned_gerne_on_the_same_seeds(ray_cluster,
     assert [r[0] for r in rows] == ["erm", "resample", "gerne"] and "seeds [1, 2]" in out
     best = json.loads((tmp_path / "demo" / "best.json").read_text())
     assert best["final_seeds"]["seeds"] == [1, 2] and best["search"]["trials"] == 2
+    # the demo's search runs one trial at a time: on the one-node session cluster, with this machine's CPUs
+    assert best["config"]["scaling"]["cpus_per_worker"] == min(4, os.cpu_count())
     erm = [json.loads((tmp_path / f"demo-erm-s{s}" / "result.json").read_text()) for s in (1, 2)]
     assert float(rows[0][1]) == pytest.approx(100 * np.mean([r["test_gba"] for r in erm]), abs=0.01)
     gerne_gba = 100 * best["final_seeds"]["mean"]["test_gba"]
@@ -485,6 +487,19 @@ def test_concurrency_is_what_the_cluster_fits(tmp_path):
     assert trials_that_fit(trial_resources(gpus), {"CPU": 64.0, "GPU": 3.0}) == 3
 
 
+def test_a_trial_alone_on_one_node_reserves_the_nodes_cpus():
+    """scaling.cpus_per_worker null, one trial at a time: the node's CPUs, at most this machine's, on a
+    cluster of one node that cannot grow; else 1 (with_concurrency's fallback)."""
+    from gerne_ray.tuning import one_node_cpus
+
+    assert one_node_cpus(nodes=1, cpus=2.0, most=2.0, machine=2) == 2.0
+    assert one_node_cpus(nodes=1, cpus=4.0, most=4.0, machine=2) == 2.0  # declares more than there are
+    assert one_node_cpus(nodes=1, cpus=8.0, most=8.0, machine=64) == 8.0
+    assert one_node_cpus(nodes=1, cpus=0.5, most=0.5, machine=2) == 1.0  # Ray refuses a trial of 0 CPUs
+    assert one_node_cpus(nodes=2, cpus=8.0, most=8.0, machine=8) is None  # its trial runs on any node
+    assert one_node_cpus(nodes=1, cpus=2.0, most=10.0, machine=2) is None  # an autoscaler adds nodes
+
+
 def test_a_search_fits_the_cluster_reuses_trial_actors_and_checkpoints_by_the_policy(ray_cluster, tmp_path):
     """max_concurrent null on the 4-CPU session cluster: 4 trials at once, 6 in all (two in reused actors);
     ASHA (rungs at epochs 1, 2 and 4) with checkpoint_every 3: every trial, stopped or not, checkpoints at
@@ -495,11 +510,20 @@ def test_a_search_fits_the_cluster_reuses_trial_actors_and_checkpoints_by_the_po
                    search={"num_samples": 6, "max_concurrent": None, "grace_period": 1, "reduction_factor": 2,
                            "checkpoint_every": 3})
     assert spec.search.max_concurrent is None and with_concurrency(spec).search.max_concurrent == 4
-    assert with_concurrency(load_spec(spec, ["search.max_concurrent=1"])).search.max_concurrent == 1
+    assert with_concurrency(spec).scaling.cpus_per_worker == 1.0  # four trials of one CPU
+    alone = with_concurrency(load_spec(spec, ["search.max_concurrent=1"]))
+    # one at a time on the one-node session cluster (4 CPUs declared): this machine's CPUs, at most 4
+    assert alone.search.max_concurrent == 1 and alone.scaling.cpus_per_worker == min(4, os.cpu_count())
+    pinned = with_concurrency(load_spec(spec, ["search.max_concurrent=1", "scaling.cpus_per_worker=1"]))
+    assert pinned.scaling.cpus_per_worker == 1.0
+    pbt = with_concurrency(load_spec(spec, ["search.max_concurrent=1", "search.scheduler=pbt"]))
+    assert pbt.scaling.cpus_per_worker == 1.0  # the population runs as the CPUs fit
+    assert spec.scaling.cpus_per_worker is None
     result = tune(spec)
     best = json.loads((spec.run_dir / "best.json").read_text())
     assert best["search"]["max_concurrent"] == 4 and best["config"]["search"]["max_concurrent"] == 4
     assert json.loads((spec.run_dir / "spec.json").read_text())["search"]["max_concurrent"] is None
+    assert best["config"]["scaling"]["cpus_per_worker"] == 1.0
     trials = assert_selected_epochs(spec.run_dir, "val_gba")
     hist = pd.read_parquet(spec.run_dir / "trial_histories.parquet")
     assert len(result.trials) == 6 and set(trials.status) <= {"completed", "stopped", "diverged"}
